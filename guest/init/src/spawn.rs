@@ -1,0 +1,210 @@
+//! Starting the user's command, reaping it as PID 1, and mapping its status.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use hutch_proto::RunSpec;
+
+/// Splits a `KEY=VALUE` entry at the first `=`. Entries without `=` or with an
+/// empty key cannot be passed to a command and yield `None`.
+pub fn split_env(entry: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = entry.iter().position(|&b| b == b'=')?;
+    (eq > 0).then(|| (&entry[..eq], &entry[eq + 1..]))
+}
+
+/// Builds the command: exactly the spec's argv, env and cwd, stdio on pipes,
+/// in a session of its own. With `PATH` in the env, argv\[0\] is looked up in it.
+pub fn command(spec: &RunSpec) -> Command {
+    let (argv0, args) = spec
+        .argv
+        .split_first()
+        .map_or((&[][..], &[][..]), |(a, r)| (&a[..], r));
+    let mut cmd = Command::new(OsStr::from_bytes(argv0));
+    cmd.args(args.iter().map(|a| OsStr::from_bytes(a)))
+        .env_clear()
+        .envs(
+            spec.env
+                .iter()
+                .filter_map(|e| split_env(e))
+                .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v))),
+        )
+        .current_dir(OsStr::from_bytes(&spec.cwd))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // signal and setsid, which are async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Init ignores SIGPIPE; the command starts with the default.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// What to tell the host when the command could not be started: the text for
+/// its stderr and the exit status, as a shell would report them.
+pub fn spawn_failure(argv0: &[u8], err: &io::Error) -> (Vec<u8>, i32) {
+    let mut msg = b"hutch: ".to_vec();
+    msg.extend_from_slice(argv0);
+    let status = match err.kind() {
+        io::ErrorKind::NotFound => {
+            msg.extend_from_slice(b": command not found\n");
+            127
+        }
+        io::ErrorKind::PermissionDenied => {
+            msg.extend_from_slice(b": permission denied\n");
+            126
+        }
+        _ => {
+            msg.extend_from_slice(format!(": {err}\n").as_bytes());
+            126
+        }
+    };
+    (msg, status)
+}
+
+/// Maps a raw `waitpid` status to a shell-style exit status: the exit code, or
+/// 128 + the signal number.
+pub fn exit_status(raw: libc::c_int) -> i32 {
+    if libc::WIFEXITED(raw) {
+        libc::WEXITSTATUS(raw)
+    } else if libc::WIFSIGNALED(raw) {
+        128 + libc::WTERMSIG(raw)
+    } else {
+        // Stopped or continued: not an exit; callers do not ask for these.
+        128
+    }
+}
+
+/// As PID 1: reaps every child that exits until `pid` does, and returns its
+/// status. Orphans re-parented to init are reaped on the way.
+pub fn reap_until(pid: libc::pid_t) -> io::Result<i32> {
+    loop {
+        let mut raw = 0;
+        // SAFETY: `raw` is a valid out pointer for the call.
+        let got = unsafe { libc::waitpid(-1, &mut raw, 0) };
+        if got == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if got == pid {
+            return Ok(exit_status(raw));
+        }
+    }
+}
+
+/// Kills what the command left behind: its process group (it is a session
+/// leader, so pgid = pid), then every other process but init, so that no one
+/// holds the output pipes open.
+pub fn kill_leftovers(pid: libc::pid_t) {
+    // SAFETY: kill only sends signals; from PID 1, -1 spares init itself.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+        libc::kill(-1, libc::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_splits_at_first_equals() {
+        assert_eq!(split_env(b"A=b=c"), Some((&b"A"[..], &b"b=c"[..])));
+        assert_eq!(split_env(b"EMPTY="), Some((&b"EMPTY"[..], &b""[..])));
+        assert_eq!(
+            split_env(b"K=\xff\xfe"),
+            Some((&b"K"[..], &b"\xff\xfe"[..]))
+        );
+        assert_eq!(split_env(b"NOEQ"), None);
+        assert_eq!(split_env(b"=x"), None);
+    }
+
+    #[test]
+    fn status_mapping() {
+        assert_eq!(exit_status(0), 0);
+        assert_eq!(exit_status(3 << 8), 3);
+        assert_eq!(exit_status(255 << 8), 255);
+        assert_eq!(exit_status(libc::SIGKILL), 128 + 9);
+        assert_eq!(exit_status(libc::SIGSEGV | 0x80), 128 + 11); // core dumped
+    }
+
+    #[test]
+    fn failure_messages() {
+        let nf = io::Error::from(io::ErrorKind::NotFound);
+        assert_eq!(
+            spawn_failure(b"nope", &nf),
+            (b"hutch: nope: command not found\n".to_vec(), 127)
+        );
+        let pd = io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(
+            spawn_failure(b"./x", &pd),
+            (b"hutch: ./x: permission denied\n".to_vec(), 126)
+        );
+        let (msg, st) = spawn_failure(b"\xffbin", &io::Error::from_raw_os_error(libc::ENOEXEC));
+        assert_eq!(st, 126);
+        assert!(
+            msg.starts_with(b"hutch: \xffbin: Exec format error"),
+            "{msg:?}"
+        );
+    }
+
+    fn spec(argv: &[&[u8]], env: &[&[u8]]) -> RunSpec {
+        RunSpec {
+            argv: argv.iter().map(|a| a.to_vec()).collect(),
+            env: env.iter().map(|e| e.to_vec()).collect(),
+            cwd: b"/".to_vec(),
+            ..RunSpec::default()
+        }
+    }
+
+    #[test]
+    fn command_gets_exact_env_odd_bytes_path_lookup_and_own_session() {
+        let s = spec(
+            &[
+                b"sh",
+                b"-c",
+                b"printf '%s|%s|%s|' \"$PWD\" \"$K\" \"$1\"; env | tr '\\n' ' '; \
+                  [ \"$(cut -d' ' -f6 /proc/$$/stat)\" = $$ ] && echo leader",
+                b"arg0",
+                b"\xff two",
+            ],
+            &[b"PATH=/usr/bin:/bin", b"K=v=w", b"BAD"],
+        );
+        let out = command(&s).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let got = out.stdout;
+        assert!(
+            got.starts_with(b"/|v=w|\xff two|"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        assert!(
+            got.ends_with(b"leader\n"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        let env = String::from_utf8_lossy(&got);
+        assert!(!env.contains("HOME="), "{env}");
+        assert!(env.contains("K=v=w") && !env.contains("BAD"), "{env}");
+    }
+
+    #[test]
+    fn missing_command_is_not_found() {
+        let s = spec(&[b"hutch-no-such-command"], &[b"PATH=/usr/bin:/bin"]);
+        let err = command(&s).spawn().unwrap_err();
+        assert_eq!(spawn_failure(&s.argv[0], &err).1, 127);
+    }
+}

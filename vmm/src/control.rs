@@ -1,0 +1,114 @@
+//! Run control shared by the VMM's threads: why the guest stopped, and the
+//! boot milestones with their times.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hutch_proto::Milestone;
+
+/// Why a VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// Init reported the command's exit status.
+    GuestExit(i32),
+    /// The guest shut down or reset without reporting a status (panic, or
+    /// init died).
+    GuestShutdown(&'static str),
+    /// The VMM failed.
+    Error(String),
+    /// The host asked the VM to stop (signal, timeout).
+    HostRequest(String),
+}
+
+/// One boot-phase timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The first KVM_RUN of the boot vCPU.
+    FirstRun,
+    /// A milestone the guest wrote to the boot-timer port.
+    Guest(Milestone),
+}
+
+impl Phase {
+    /// Name used in timing reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::FirstRun => "first guest instruction (KVM_RUN)",
+            Phase::Guest(m) => m.name(),
+        }
+    }
+}
+
+/// Shared between vCPU threads, device threads and the engine.
+pub struct RunControl {
+    started: Instant,
+    stop: AtomicBool,
+    reason: Mutex<Option<StopReason>>,
+    phases: Mutex<Vec<(Phase, Duration)>>,
+}
+
+impl RunControl {
+    /// `started` is when the VMM process began (for boot timings).
+    pub fn new(started: Instant) -> Self {
+        Self {
+            started,
+            stop: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            phases: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Asks every thread to stop; the first reason given is kept.
+    pub fn request_stop(&self, reason: StopReason) {
+        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// True once a stop was requested.
+    pub fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The first stop reason, if any.
+    pub fn reason(&self) -> Option<StopReason> {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records `phase` now (only its first occurrence).
+    pub fn mark(&self, phase: Phase) {
+        let mut p = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        if !p.iter().any(|(q, _)| *q == phase) {
+            p.push((phase, self.started.elapsed()));
+        }
+    }
+
+    /// Phases reached so far, in order, as offsets from VMM start.
+    pub fn phases(&self) -> Vec<(Phase, Duration)> {
+        self.phases.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_stop_reason_wins_and_phases_are_recorded_once() {
+        let c = RunControl::new(Instant::now());
+        assert!(!c.should_stop());
+        c.mark(Phase::FirstRun);
+        c.mark(Phase::FirstRun);
+        c.mark(Phase::Guest(Milestone::InitStart));
+        c.request_stop(StopReason::GuestExit(7));
+        c.request_stop(StopReason::GuestShutdown("triple fault"));
+        assert!(c.should_stop());
+        assert_eq!(c.reason(), Some(StopReason::GuestExit(7)));
+        let p = c.phases();
+        assert_eq!(p.len(), 2);
+        assert!(p[0].1 <= p[1].1);
+    }
+}

@@ -1,0 +1,234 @@
+//! `FsDevice`: one share's FUSE server and its virtqueue processing, shared by both
+//! transports (the VMM's virtio-mmio device and the vhost-user server).
+
+use std::fs;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use log::{info, warn};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemory;
+
+use super::config::{config_space, validate_tag, CONFIG_SPACE_LEN};
+use super::policy::PolicyFs;
+use super::secrets::MaskedFiles;
+use super::{FsError, ShareConfig, SharePolicy};
+
+/// The file system stack every share serves.
+pub type ShareFs = PolicyFs<PassthroughFs>;
+
+/// A virtio-fs device serving one share. `Send + Sync`: queues may be processed from
+/// different threads at once.
+pub struct FsDevice {
+    tag: String,
+    policy: SharePolicy,
+    server: Server<ShareFs>,
+    /// Chains answered with 0 bytes because they were malformed (for tests and metrics).
+    malformed: AtomicU64,
+}
+
+impl std::fmt::Debug for FsDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsDevice")
+            .field("tag", &self.tag)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions, touches no memory and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl FsDevice {
+    /// Queues: hiprio (0) and one request queue (1).
+    pub const NUM_QUEUES: usize = 2;
+    /// Maximum size of each queue.
+    pub const QUEUE_SIZE: u16 = 1024;
+    /// `virtio_fs_config.num_request_queues`.
+    pub const NUM_REQUEST_QUEUES: u32 = 1;
+
+    /// Creates the device for `cfg`. Nothing is opened under the source until the guest's
+    /// FUSE_INIT, except the secrets scan of a system-root share.
+    pub fn new(cfg: ShareConfig) -> Result<Self, FsError> {
+        let ShareConfig {
+            tag,
+            source,
+            policy,
+        } = cfg;
+        validate_tag(&tag)?;
+        let source = fs::canonicalize(&source).map_err(|e| FsError::SourceAccess {
+            tag: tag.clone(),
+            path: source.clone(),
+            source: e,
+        })?;
+        let meta = fs::metadata(&source).map_err(|e| FsError::SourceAccess {
+            tag: tag.clone(),
+            path: source.clone(),
+            source: e,
+        })?;
+        if !meta.is_dir() {
+            return Err(FsError::SourceNotDirectory { tag, path: source });
+        }
+        let Some(root_dir) = source.to_str().map(str::to_owned) else {
+            return Err(FsError::SourceNotUtf8 { tag, path: source });
+        };
+
+        let passthrough_cfg = PassthroughConfig {
+            root_dir,
+            xattr: true,
+            do_import: true,
+            ..Default::default()
+        };
+        let inner = PassthroughFs::new(passthrough_cfg).map_err(|e| FsError::Passthrough {
+            tag: tag.clone(),
+            path: source.clone(),
+            source: e,
+        })?;
+        let fs = match policy {
+            SharePolicy::Workspace => PolicyFs::passthrough(inner, !running_as_root()),
+            SharePolicy::SystemRoot => {
+                let masked = MaskedFiles::scan(&source);
+                info!(
+                    "virtio-fs share {tag:?}: system root {} with {} secret(s) masked",
+                    source.display(),
+                    masked.len()
+                );
+                PolicyFs::system_root(inner, masked)
+            }
+        };
+        Ok(Self {
+            tag,
+            policy,
+            server: Server::new(fs),
+            malformed: AtomicU64::new(0),
+        })
+    }
+
+    /// The share's tag.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The share's policy.
+    pub fn policy(&self) -> SharePolicy {
+        self.policy
+    }
+
+    /// Number of descriptor chains answered with 0 bytes because they were malformed.
+    pub fn malformed_chains(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+
+    /// Virtio feature bits offered: VERSION_1, EVENT_IDX and INDIRECT_DESC.
+    pub fn device_features(&self) -> u64 {
+        (1u64 << VIRTIO_F_VERSION_1)
+            | (1u64 << VIRTIO_RING_F_EVENT_IDX)
+            | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
+    }
+
+    /// `struct virtio_fs_config`: the tag, NUL-padded to 36 bytes, then
+    /// `num_request_queues` (1) little-endian.
+    pub fn config_space(&self) -> [u8; CONFIG_SPACE_LEN] {
+        config_space(&self.tag, Self::NUM_REQUEST_QUEUES)
+    }
+
+    /// Processes every available descriptor chain of `queue` (hiprio or request queue alike);
+    /// returns true if the guest must be notified.
+    ///
+    /// Malformed chains (addresses outside guest memory, loops, no room for a FUSE header or
+    /// reply) are returned as used with length 0 and logged. An error means the queue's rings
+    /// themselves are unusable. With EVENT_IDX negotiated (`queue.set_event_idx(true)`), the
+    /// driver's notifications are suppressed while the queue is drained.
+    pub fn process_queue<M: GuestMemory>(
+        &self,
+        mem: &M,
+        queue: &mut Queue,
+    ) -> Result<bool, FsError> {
+        let queue_err = |op, source| FsError::Queue {
+            tag: self.tag.clone(),
+            op,
+            desc_table: queue.desc_table(),
+            source,
+        };
+        let mut used_any = false;
+        loop {
+            if queue.event_idx_enabled() {
+                queue
+                    .disable_notification(mem)
+                    .map_err(|e| queue_err("disabling notifications", e))?;
+            }
+            let mut used_now = false;
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let len = self.handle_chain(mem, chain);
+                if head >= queue.size() {
+                    // Not a descriptor of this queue: there is nothing to give back.
+                    warn!(
+                        "virtio-fs share {:?}: dropping chain with out-of-range head {head}",
+                        self.tag
+                    );
+                    continue;
+                }
+                queue
+                    .add_used(mem, head, len)
+                    .map_err(|e| queue_err("adding a used element", e))?;
+                used_now = true;
+            }
+            used_any |= used_now;
+            if !queue.event_idx_enabled() {
+                break;
+            }
+            let more = queue
+                .enable_notification(mem)
+                .map_err(|e| queue_err("enabling notifications", e))?;
+            // Stop when nothing is pending, or when the ring claims more but yields nothing
+            // (a corrupt avail index), so a broken driver cannot make us spin.
+            if !more || !used_now {
+                break;
+            }
+        }
+        if !used_any {
+            return Ok(false);
+        }
+        queue
+            .needs_notification(mem)
+            .map_err(|e| queue_err("checking whether to notify", e))
+    }
+
+    /// Serves one chain; returns the number of bytes written into its writable part.
+    fn handle_chain<M: GuestMemory>(&self, mem: &M, chain: DescriptorChain<&M>) -> u32 {
+        let head = chain.head_index();
+        let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
+            Ok(r) => r,
+            Err(e) => return self.malformed(head, "its readable part", &e),
+        };
+        let writer = match VirtioFsWriter::new(mem, chain) {
+            Ok(w) => w,
+            Err(e) => return self.malformed(head, "its writable part", &e),
+        };
+        match self
+            .server
+            .handle_message(reader, writer.into(), None, None)
+        {
+            Ok(len) => u32::try_from(len).unwrap_or(u32::MAX),
+            Err(e) => self.malformed(head, "the FUSE request", &e),
+        }
+    }
+
+    fn malformed(&self, head: u16, what: &str, e: &dyn std::fmt::Display) -> u32 {
+        self.malformed.fetch_add(1, Ordering::Relaxed);
+        warn!(
+            "virtio-fs share {:?}: chain {head}: cannot handle {what}: {e}",
+            self.tag
+        );
+        0
+    }
+}

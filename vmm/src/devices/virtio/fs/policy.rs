@@ -1,0 +1,707 @@
+//! `PolicyFs`: the `FileSystem` the device serves, wrapped around PassthroughFs.
+//!
+//! For a workspace share it only delegates (squashing the caller's credentials on creating
+//! calls when the VMM is not root). For the system-root share it is the guard: read-only,
+//! only the allowlisted names at the root, secrets masked, and only inodes the guest was
+//! given may be named.
+
+use std::ffi::CStr;
+use std::io;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{
+    stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid,
+};
+use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, IoctlData, ListxattrReply,
+    ZeroCopyReader, ZeroCopyWriter, ROOT_ID,
+};
+use fuse_backend_rs::transport::FsCacheReqHandler;
+
+use super::inodes::IssuedInodes;
+use super::secrets::MaskedFiles;
+
+/// The only names that exist at the root of the system-root share.
+pub const ROOT_ALLOWLIST: &[&CStr] = &[
+    c"usr", c"bin", c"sbin", c"lib", c"lib32", c"lib64", c"libx32", c"etc", c"opt",
+];
+
+/// Open flags that would let the guest change a file.
+const WRITE_OPEN_FLAGS: i32 = libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT;
+
+fn err(errno: i32) -> io::Error {
+    io::Error::from_raw_os_error(errno)
+}
+
+/// The system-root share's restrictions.
+#[derive(Debug)]
+struct Restrictions {
+    masked: MaskedFiles,
+    issued: IssuedInodes,
+}
+
+impl Restrictions {
+    fn check(&self, inode: u64) -> io::Result<()> {
+        if self.issued.contains(inode) {
+            Ok(())
+        } else {
+            Err(err(libc::EBADF))
+        }
+    }
+}
+
+/// A `FileSystem` that applies a share's policy and delegates everything else to `F`.
+#[derive(Debug)]
+pub struct PolicyFs<F> {
+    inner: F,
+    squash_creds: bool,
+    restrict: Option<Restrictions>,
+}
+
+impl<F> PolicyFs<F> {
+    /// Serves `inner` as is (workspace share). With `squash_creds`, files are created as the
+    /// VMM's own user instead of switching to the guest caller's uid/gid, which only root may do.
+    pub fn passthrough(inner: F, squash_creds: bool) -> Self {
+        Self {
+            inner,
+            squash_creds,
+            restrict: None,
+        }
+    }
+
+    /// Serves `inner` as the guest's read-only system root, hiding `masked`.
+    pub(crate) fn system_root(inner: F, masked: MaskedFiles) -> Self {
+        Self {
+            inner,
+            squash_creds: false,
+            restrict: Some(Restrictions {
+                masked,
+                issued: IssuedInodes::default(),
+            }),
+        }
+    }
+
+    /// The wrapped file system.
+    pub fn inner(&self) -> &F {
+        &self.inner
+    }
+
+    /// Whether this is the restricted (system-root) view.
+    pub fn is_restricted(&self) -> bool {
+        self.restrict.is_some()
+    }
+}
+
+impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
+    /// Fails with EBADF for inodes the guest was never given (restricted view only).
+    fn check(&self, inode: u64) -> io::Result<()> {
+        match &self.restrict {
+            Some(r) => r.check(inode),
+            None => Ok(()),
+        }
+    }
+
+    /// Fails with EROFS in the restricted view.
+    fn writable(&self) -> io::Result<()> {
+        if self.restrict.is_some() {
+            Err(err(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The context creating calls run with.
+    fn creds(&self, ctx: &Context) -> Context {
+        if self.squash_creds {
+            Context {
+                uid: 0,
+                gid: 0,
+                ..*ctx
+            }
+        } else {
+            *ctx
+        }
+    }
+
+    /// Hands `entry` (one inner lookup count) to the guest, unless it is a secret.
+    fn admit(&self, ctx: &Context, r: &Restrictions, entry: Entry) -> io::Result<Entry> {
+        if r.masked.contains(&entry.attr) {
+            self.inner.forget(ctx, entry.inode, 1);
+            return Err(err(libc::ENOENT));
+        }
+        r.issued.issue(entry.inode);
+        Ok(entry)
+    }
+
+    /// Lists the root of the restricted view: the allowlisted names that exist, in allowlist
+    /// order, entry `i` having offset `i + 1`. `emit` owns the inner lookup count of each entry
+    /// it is given (it must forget or issue it); `Ok(0)` from it means the buffer is full.
+    fn list_root(
+        &self,
+        ctx: &Context,
+        r: &Restrictions,
+        offset: u64,
+        emit: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let mut added = false;
+        for (i, name) in ROOT_ALLOWLIST.iter().enumerate().skip(start) {
+            let Ok(entry) = self.inner.lookup(ctx, ROOT_ID, name) else {
+                continue;
+            };
+            if r.masked.contains(&entry.attr) {
+                self.inner.forget(ctx, entry.inode, 1);
+                continue;
+            }
+            let dirent = DirEntry {
+                ino: entry.attr.st_ino,
+                offset: i as u64 + 1,
+                type_: (entry.attr.st_mode & libc::S_IFMT) >> 12,
+                name: name.to_bytes(),
+            };
+            match emit(dirent, entry) {
+                Ok(0) => break,
+                Ok(_) => added = true,
+                Err(e) if !added => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        self.inner.init(capable)
+    }
+
+    fn destroy(&self) {
+        self.inner.destroy();
+        if let Some(r) = &self.restrict {
+            r.issued.clear();
+        }
+    }
+
+    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let Some(r) = &self.restrict else {
+            return self.inner.lookup(ctx, parent, name);
+        };
+        r.check(parent)?;
+        if parent == ROOT_ID && !ROOT_ALLOWLIST.contains(&name) {
+            return Err(err(libc::ENOENT));
+        }
+        let entry = self.inner.lookup(ctx, parent, name)?;
+        self.admit(ctx, r, entry)
+    }
+
+    fn forget(&self, ctx: &Context, inode: u64, count: u64) {
+        let count = match &self.restrict {
+            Some(r) => r.issued.forget(inode, count),
+            None => count,
+        };
+        if count > 0 {
+            self.inner.forget(ctx, inode, count);
+        }
+    }
+
+    fn batch_forget(&self, ctx: &Context, requests: Vec<(u64, u64)>) {
+        let requests = match &self.restrict {
+            Some(r) => requests
+                .into_iter()
+                .map(|(inode, count)| (inode, r.issued.forget(inode, count)))
+                .filter(|&(_, count)| count > 0)
+                .collect(),
+            None => requests,
+        };
+        self.inner.batch_forget(ctx, requests);
+    }
+
+    fn getattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        self.check(inode)?;
+        self.inner.getattr(ctx, inode, handle)
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        attr: stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        self.writable()?;
+        self.inner.setattr(ctx, inode, attr, handle, valid)
+    }
+
+    fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        self.check(inode)?;
+        self.inner.readlink(ctx, inode)
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        self.inner.symlink(&self.creds(ctx), linkname, parent, name)
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        self.inner
+            .mknod(&self.creds(ctx), inode, name, mode, rdev, umask)
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        self.inner.mkdir(&self.creds(ctx), parent, name, mode, umask)
+    }
+
+    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        self.inner.unlink(ctx, parent, name)
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        self.inner.rmdir(ctx, parent, name)
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.writable()?;
+        self.inner
+            .rename(ctx, olddir, oldname, newdir, newname, flags)
+    }
+
+    fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        self.writable()?;
+        self.inner.link(ctx, inode, newparent, newname)
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        if self.restrict.is_some() {
+            self.check(inode)?;
+            let flags = flags as i32;
+            if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & WRITE_OPEN_FLAGS != 0 {
+                return Err(err(libc::EROFS));
+            }
+        }
+        self.inner.open(ctx, inode, flags, fuse_flags)
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        self.writable()?;
+        self.inner.create(&self.creds(ctx), parent, name, args)
+    }
+
+    fn read(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        flags: u32,
+    ) -> io::Result<usize> {
+        self.check(inode)?;
+        self.inner
+            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+    }
+
+    fn write(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        delayed_write: bool,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<usize> {
+        self.writable()?;
+        self.inner.write(
+            ctx,
+            inode,
+            handle,
+            r,
+            size,
+            offset,
+            lock_owner,
+            delayed_write,
+            flags,
+            fuse_flags,
+        )
+    }
+
+    fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
+        self.check(inode)?;
+        self.inner.flush(ctx, inode, handle, lock_owner)
+    }
+
+    fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.check(inode)?;
+        self.inner.fsync(ctx, inode, datasync, handle)
+    }
+
+    fn fallocate(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.writable()?;
+        self.inner
+            .fallocate(ctx, inode, handle, mode, offset, length)
+    }
+
+    fn release(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        handle: u64,
+        flush: bool,
+        flock_release: bool,
+        lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        // Only frees a handle the guest opened; never refused, so nothing leaks.
+        self.inner
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+    }
+
+    fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
+        self.check(inode)?;
+        self.inner.statfs(ctx, inode)
+    }
+
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        self.writable()?;
+        self.inner.setxattr(ctx, inode, name, value, flags)
+    }
+
+    fn getxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        self.check(inode)?;
+        self.inner.getxattr(ctx, inode, name, size)
+    }
+
+    fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        self.check(inode)?;
+        self.inner.listxattr(ctx, inode, size)
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        self.inner.removexattr(ctx, inode, name)
+    }
+
+    fn opendir(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        self.check(inode)?;
+        self.inner.opendir(ctx, inode, flags)
+    }
+
+    fn readdir(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let Some(r) = &self.restrict else {
+            return self
+                .inner
+                .readdir(ctx, inode, handle, size, offset, add_entry);
+        };
+        r.check(inode)?;
+        if inode == ROOT_ID {
+            return self.list_root(ctx, r, offset, &mut |dirent, entry| {
+                let res = add_entry(dirent);
+                self.inner.forget(ctx, entry.inode, 1);
+                res
+            });
+        }
+        // PassthroughFs's readdir looks every entry up anyway (for d_ino); going through
+        // readdirplus costs the same and gives us the attributes to recognise secrets by.
+        self.inner
+            .readdirplus(ctx, inode, handle, size, offset, &mut |dirent, entry| {
+                if r.masked.contains(&entry.attr) {
+                    self.inner.forget(ctx, entry.inode, 1);
+                    return Ok(1);
+                }
+                let res = add_entry(dirent);
+                // On Ok(0) PassthroughFs forgets the entry itself.
+                if !matches!(res, Ok(0)) {
+                    self.inner.forget(ctx, entry.inode, 1);
+                }
+                res
+            })
+    }
+
+    fn readdirplus(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let Some(r) = &self.restrict else {
+            return self
+                .inner
+                .readdirplus(ctx, inode, handle, size, offset, add_entry);
+        };
+        r.check(inode)?;
+        if inode == ROOT_ID {
+            return self.list_root(ctx, r, offset, &mut |dirent, entry| {
+                let ino = entry.inode;
+                let res = add_entry(dirent, entry);
+                match res {
+                    Ok(n) if n > 0 => r.issued.issue(ino),
+                    _ => self.inner.forget(ctx, ino, 1),
+                }
+                res
+            });
+        }
+        self.inner
+            .readdirplus(ctx, inode, handle, size, offset, &mut |dirent, entry| {
+                if r.masked.contains(&entry.attr) {
+                    self.inner.forget(ctx, entry.inode, 1);
+                    return Ok(1);
+                }
+                let ino = entry.inode;
+                match add_entry(dirent, entry) {
+                    // PassthroughFs forgets the entry itself.
+                    Ok(0) => Ok(0),
+                    Ok(n) => {
+                        r.issued.issue(ino);
+                        Ok(n)
+                    }
+                    Err(e) => {
+                        self.inner.forget(ctx, ino, 1);
+                        Err(e)
+                    }
+                }
+            })
+    }
+
+    fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.check(inode)?;
+        self.inner.fsyncdir(ctx, inode, datasync, handle)
+    }
+
+    fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
+        self.inner.releasedir(ctx, inode, flags, handle)
+    }
+
+    fn setupmapping(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        foffset: u64,
+        len: u64,
+        flags: u64,
+        moffset: u64,
+        vu_req: &mut dyn FsCacheReqHandler,
+    ) -> io::Result<()> {
+        if self.restrict.is_some() {
+            return Err(err(libc::ENOSYS));
+        }
+        self.inner
+            .setupmapping(ctx, inode, handle, foffset, len, flags, moffset, vu_req)
+    }
+
+    fn removemapping(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        requests: Vec<RemovemappingOne>,
+        vu_req: &mut dyn FsCacheReqHandler,
+    ) -> io::Result<()> {
+        if self.restrict.is_some() {
+            return Err(err(libc::ENOSYS));
+        }
+        self.inner.removemapping(ctx, inode, requests, vu_req)
+    }
+
+    fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        if self.restrict.is_some() {
+            self.check(inode)?;
+            if mask as i32 & libc::W_OK != 0 {
+                return Err(err(libc::EROFS));
+            }
+        }
+        self.inner.access(ctx, inode, mask)
+    }
+
+    fn lseek(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        self.check(inode)?;
+        self.inner.lseek(ctx, inode, handle, offset, whence)
+    }
+
+    fn getlk(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<FileLock> {
+        self.check(inode)?;
+        self.inner.getlk(ctx, inode, handle, owner, lock, flags)
+    }
+
+    fn setlk(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.check(inode)?;
+        self.inner.setlk(ctx, inode, handle, owner, lock, flags)
+    }
+
+    fn setlkw(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.check(inode)?;
+        self.inner.setlkw(ctx, inode, handle, owner, lock, flags)
+    }
+
+    fn ioctl(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        flags: u32,
+        cmd: u32,
+        data: IoctlData,
+        out_size: u32,
+    ) -> io::Result<IoctlData<'_>> {
+        if self.restrict.is_some() {
+            return Err(err(libc::ENOTTY));
+        }
+        self.inner
+            .ioctl(ctx, inode, handle, flags, cmd, data, out_size)
+    }
+
+    fn bmap(&self, ctx: &Context, inode: u64, block: u64, blocksize: u32) -> io::Result<u64> {
+        self.check(inode)?;
+        self.inner.bmap(ctx, inode, block, blocksize)
+    }
+
+    fn poll(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        khandle: u64,
+        flags: u32,
+        events: u32,
+    ) -> io::Result<u32> {
+        self.check(inode)?;
+        self.inner
+            .poll(ctx, inode, handle, khandle, flags, events)
+    }
+
+    fn notify_reply(&self) -> io::Result<()> {
+        self.inner.notify_reply()
+    }
+
+    fn id_remap(&self, ctx: &mut Context) -> io::Result<()> {
+        self.inner.id_remap(ctx)
+    }
+}

@@ -1,0 +1,48 @@
+//! virtio devices and their transports.
+//!
+//! A device implements [`VirtioDevice`]: its identity, features, config space
+//! and how it processes one queue over guest memory. Transports carry it to
+//! a guest: [`mmio::MmioTransport`] inside hutch's own VMM, and vhost-user
+//! (see `fs::vhost_user`) for QEMU or any other vhost-user frontend. The
+//! queue-processing code is the same for both.
+
+pub mod fs;
+// mod fs_glue; (enabled once fs::FsDevice lands)
+pub mod mmio;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+/// virtio device type of virtio-fs.
+pub const TYPE_FS: u32 = 26;
+/// virtio 1.0 (non-legacy) feature bit.
+pub const F_VERSION_1: u64 = 1 << 32;
+/// Ring feature: the driver and device publish event indices.
+pub const F_EVENT_IDX: u64 = 1 << 29;
+
+/// A device as a transport sees it.
+pub trait VirtioDevice: Send + Sync {
+    /// virtio device type (26 = fs).
+    fn device_type(&self) -> u32;
+    /// Short name for logs and errors (e.g. "virtio-fs hutch-ws").
+    fn name(&self) -> String;
+    /// Number of virtqueues.
+    fn num_queues(&self) -> usize;
+    /// Largest size of each queue.
+    fn queue_max_size(&self) -> u16;
+    /// Feature bits the device offers.
+    fn features(&self) -> u64;
+    /// Reads device config space at `offset`.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Processes available buffers of queue `index`; returns whether the
+    /// driver must be notified.
+    fn process_queue(&self, mem: &GuestMemoryMmap, index: usize, queue: &mut Queue) -> Result<bool, String>;
+}
+
+/// Copies `cfg[offset..]` into `data`; bytes past the end read as zero.
+pub fn read_config_bytes(cfg: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let start = (offset as usize).min(cfg.len());
+    let end = (start + data.len()).min(cfg.len());
+    data[..end - start].copy_from_slice(&cfg[start..end]);
+}

@@ -1,0 +1,8 @@
+//! hutch: a microVM sandbox for coding agents and file-heavy builds.
+//!
+//! See `docs/architecture.md` for the walk from `main.rs` to the vCPU loop.
+
+pub mod arch;
+pub mod control;
+pub mod devices;
+pub mod hypervisor;
