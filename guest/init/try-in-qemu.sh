@@ -18,10 +18,18 @@
 # port, default /dev/null), KEEP=1 keeps the work directory.
 # Exit status: QEMU's (124 on timeout). The raw serial capture is printed
 # decoded by `cargo run --example showframes`.
+#
+# With a virtiofsd (not part of hutch) serving ROOT.sock (a directory holding
+# usr, etc, ... and bin -> usr/bin style links) and WS.sock, the whole run
+# path works; pass --workspace DIR and:
+#   QEMU_EXTRA="-object memory-backend-memfd,id=mem,size=256M,share=on
+#     -machine memory-backend=mem
+#     -chardev socket,id=fs0,path=ROOT.sock -device vhost-user-fs-device,chardev=fs0,tag=hutch-root
+#     -chardev socket,id=fs1,path=WS.sock -device vhost-user-fs-device,chardev=fs1,tag=hutch-ws"
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 kernel=$(realpath "$1")

@@ -70,10 +70,12 @@ LOG="$WORK/build.log"
 : >"$LOG"
 T0=$SECONDS
 
-# On failure after this point, show the end of the log.
+# On failure after this point, show the end of the log (unless the failure
+# was already explained without it, e.g. dropped config options).
+LOG_TAIL=1
 show_log_tail() {
     local rc=$?
-    if [ $rc -ne 0 ] && [ $rc -ne 2 ] && [ $rc -ne 3 ] && [ -s "$LOG" ]; then
+    if [ $rc -ne 0 ] && [ "$LOG_TAIL" = 1 ] && [ -s "$LOG" ]; then
         echo "---- last 40 lines of $LOG ----" >&2
         tail -n 40 "$LOG" >&2
         echo "---- end of $LOG (exit $rc) ----" >&2
@@ -123,6 +125,7 @@ for p in "${patches[@]}"; do
         patch -d "$SRC" -p1 -N -f -s <"$p" >>"$LOG" 2>&1 || fail "applying $name failed"
         echo "      $name: applied"
     else
+        LOG_TAIL=0
         echo "error: $name does not apply to this source tree (pattern not found)." >&2
         patch -d "$SRC" -p1 -N -f --dry-run <"$p" >&2 || true
         exit 1
@@ -164,6 +167,7 @@ while IFS= read -r line; do
     esac
 done <"$FRAGMENT"
 if [ ${#dropped[@]} -gt 0 ]; then
+    LOG_TAIL=0
     echo "error: ${#dropped[@]} option(s) of $FRAGMENT did not stick after olddefconfig:" >&2
     printf '  %s\n' "${dropped[@]}" >&2
     exit 1

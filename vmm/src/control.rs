@@ -2,7 +2,7 @@
 //! boot milestones with their times.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use hutch_proto::Milestone;
@@ -45,6 +45,7 @@ pub struct RunControl {
     started: Instant,
     stop: AtomicBool,
     reason: Mutex<Option<StopReason>>,
+    stopped: Condvar,
     phases: Mutex<Vec<(Phase, Duration)>>,
 }
 
@@ -55,6 +56,7 @@ impl RunControl {
             started,
             stop: AtomicBool::new(false),
             reason: Mutex::new(None),
+            stopped: Condvar::new(),
             phases: Mutex::new(Vec::new()),
         }
     }
@@ -66,6 +68,17 @@ impl RunControl {
             *r = Some(reason);
         }
         self.stop.store(true, Ordering::SeqCst);
+        self.stopped.notify_all();
+    }
+
+    /// Waits until a stop is requested or `timeout` passes; true if stopped.
+    pub fn wait_for_stop(&self, timeout: Duration) -> bool {
+        let r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        let (_r, _) = self
+            .stopped
+            .wait_timeout_while(r, timeout, |_| !self.should_stop())
+            .unwrap_or_else(|p| p.into_inner());
+        self.should_stop()
     }
 
     /// True once a stop was requested.

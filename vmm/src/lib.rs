@@ -3,6 +3,10 @@
 //! See `docs/architecture.md` for the walk from `main.rs` to the vCPU loop.
 
 pub mod arch;
+pub mod cli;
 pub mod control;
 pub mod devices;
+pub mod engine;
+pub mod guest_init;
 pub mod hypervisor;
+pub mod kernel;

@@ -70,6 +70,9 @@ fn run() -> i32 {
         }
     };
     let sink = Arc::new(FrameSink::new(tty));
+    // Ready marker: an empty Stdout frame says the tty is raw, so the host may
+    // send stdin from now on (earlier bytes are lost or cooked by the kernel).
+    let _ = sink.send(FrameKind::Stdout, &[]);
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| serve(&sink, reader)));
     let status = match outcome {
         Ok(Ok(status)) => status,

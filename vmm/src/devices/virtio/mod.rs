@@ -7,7 +7,7 @@
 //! queue-processing code is the same for both.
 
 pub mod fs;
-// mod fs_glue; (enabled once fs::FsDevice lands)
+mod fs_glue;
 pub mod mmio;
 
 use virtio_queue::Queue;

@@ -12,12 +12,11 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemory;
 
 use super::config::{config_space, validate_tag, CONFIG_SPACE_LEN};
 use super::policy::PolicyFs;
-use super::secrets::MaskedFiles;
 use super::{FsError, ShareConfig, SharePolicy};
 
 /// The file system stack every share serves.
@@ -95,13 +94,18 @@ impl FsDevice {
         let fs = match policy {
             SharePolicy::Workspace => PolicyFs::passthrough(inner, !running_as_root()),
             SharePolicy::SystemRoot => {
-                let masked = MaskedFiles::scan(&source);
+                let fs =
+                    PolicyFs::system_root(inner, &source).map_err(|e| FsError::SourceAccess {
+                        tag: tag.clone(),
+                        path: source.clone(),
+                        source: e,
+                    })?;
                 info!(
-                    "virtio-fs share {tag:?}: system root {} with {} secret(s) masked",
+                    "virtio-fs share {tag:?}: system root {}, {} secret file(s) masked",
                     source.display(),
-                    masked.len()
+                    fs.masked_files()
                 );
-                PolicyFs::system_root(inner, masked)
+                fs
             }
         };
         Ok(Self {
@@ -152,10 +156,11 @@ impl FsDevice {
         mem: &M,
         queue: &mut Queue,
     ) -> Result<bool, FsError> {
+        let desc_table = queue.desc_table();
         let queue_err = |op, source| FsError::Queue {
             tag: self.tag.clone(),
             op,
-            desc_table: queue.desc_table(),
+            desc_table,
             source,
         };
         let mut used_any = false;

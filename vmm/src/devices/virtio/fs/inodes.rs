@@ -11,10 +11,19 @@ use std::sync::{PoisonError, RwLock};
 
 use fuse_backend_rs::api::filesystem::ROOT_ID;
 
-/// Lookup counts of the inodes handed to the guest. The root is always present.
+use super::secrets::FileId;
+
+#[derive(Debug)]
+struct Issued {
+    count: u64,
+    id: FileId,
+}
+
+/// Lookup counts (and host identities) of the inodes handed to the guest. The root is always
+/// present.
 #[derive(Debug, Default)]
 pub(crate) struct IssuedInodes {
-    counts: RwLock<HashMap<u64, u64>>,
+    counts: RwLock<HashMap<u64, Issued>>,
 }
 
 impl IssuedInodes {
@@ -28,14 +37,24 @@ impl IssuedInodes {
                 .contains_key(&inode)
     }
 
-    /// Records one more lookup of `inode` by the guest.
-    pub(crate) fn issue(&self, inode: u64) {
+    /// Records one more lookup of `inode` (host file `id`) by the guest.
+    pub(crate) fn issue(&self, inode: u64, id: FileId) {
         if inode == ROOT_ID {
             return;
         }
         let mut counts = self.counts.write().unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(inode).or_insert(0);
-        *count = count.saturating_add(1);
+        let issued = counts.entry(inode).or_insert(Issued { count: 0, id });
+        issued.count = issued.count.saturating_add(1);
+        issued.id = id;
+    }
+
+    /// The host identity of an issued inode (not the root's: the caller knows it).
+    pub(crate) fn identity(&self, inode: u64) -> Option<FileId> {
+        self.counts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&inode)
+            .map(|issued| issued.id)
     }
 
     /// Takes `count` lookups of `inode` back; returns how many the guest actually held
@@ -49,9 +68,9 @@ impl IssuedInodes {
         let Some(held) = counts.get_mut(&inode) else {
             return 0;
         };
-        let taken = count.min(*held);
-        *held -= taken;
-        if *held == 0 {
+        let taken = count.min(held.count);
+        held.count -= taken;
+        if held.count == 0 {
             counts.remove(&inode);
         }
         taken

@@ -1,1 +1,28 @@
-//! virtio-fs device (placeholder, being written).
+//! virtio-fs: one device model, served over two transports.
+//!
+//! [`FsDevice::process_queue`] turns the FUSE requests in a virtqueue into calls on the
+//! share's file system (fuse-backend-rs's PassthroughFs behind [`PolicyFs`]). The native
+//! VMM's virtio-mmio transport calls it directly; [`serve_vhost_user`] calls it for QEMU's
+//! `vhost-user-fs-device`.
+//!
+//! Files: `config.rs` (share description, config space), `device.rs` (the device and queue
+//! processing), `policy.rs` (the `FileSystem` wrapper enforcing a share's policy),
+//! `secrets.rs` (files the system root masks), `inodes.rs` (inodes handed to the guest),
+//! `vhost_user.rs` (vhost-user server), `error.rs`.
+
+mod config;
+mod device;
+mod error;
+mod inodes;
+mod policy;
+mod secrets;
+mod vhost_user;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{ShareConfig, SharePolicy, CONFIG_SPACE_LEN, TAG_LEN};
+pub use device::{FsDevice, ShareFs};
+pub use error::FsError;
+pub use policy::{PolicyFs, ROOT_ALLOWLIST};
+pub use vhost_user::{serve_vhost_user, VhostUserFs, VhostUserHandle};

@@ -6,7 +6,10 @@
 //! given may be named.
 
 use std::ffi::CStr;
+use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{
@@ -20,7 +23,7 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
 use super::inodes::IssuedInodes;
-use super::secrets::MaskedFiles;
+use super::secrets::{file_id, FileId, MaskedFiles};
 
 /// The only names that exist at the root of the system-root share.
 pub const ROOT_ALLOWLIST: &[&CStr] = &[
@@ -39,6 +42,8 @@ fn err(errno: i32) -> io::Error {
 struct Restrictions {
     masked: MaskedFiles,
     issued: IssuedInodes,
+    /// Host identity of the share's root directory.
+    root: FileId,
 }
 
 impl Restrictions {
@@ -47,6 +52,15 @@ impl Restrictions {
             Ok(())
         } else {
             Err(err(libc::EBADF))
+        }
+    }
+
+    /// Host identity of a directory the guest names.
+    fn dir_id(&self, inode: u64) -> Option<FileId> {
+        if inode == ROOT_ID {
+            Some(self.root)
+        } else {
+            self.issued.identity(inode)
         }
     }
 }
@@ -70,16 +84,24 @@ impl<F> PolicyFs<F> {
         }
     }
 
-    /// Serves `inner` as the guest's read-only system root, hiding `masked`.
-    pub(crate) fn system_root(inner: F, masked: MaskedFiles) -> Self {
-        Self {
+    /// Serves `inner`, a PassthroughFs on `source`, as the guest's read-only system root.
+    /// Scans `source` for the secrets to mask.
+    pub fn system_root(inner: F, source: &Path) -> io::Result<Self> {
+        let meta = fs::metadata(source)?;
+        Ok(Self {
             inner,
             squash_creds: false,
             restrict: Some(Restrictions {
-                masked,
+                masked: MaskedFiles::scan(source),
                 issued: IssuedInodes::default(),
+                root: (meta.dev(), meta.ino()),
             }),
-        }
+        })
+    }
+
+    /// How many secret files the restricted view masks by identity (0 for a workspace).
+    pub fn masked_files(&self) -> usize {
+        self.restrict.as_ref().map_or(0, |r| r.masked.len())
     }
 
     /// The wrapped file system.
@@ -130,7 +152,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
             self.inner.forget(ctx, entry.inode, 1);
             return Err(err(libc::ENOENT));
         }
-        r.issued.issue(entry.inode);
+        r.issued.issue(entry.inode, file_id(&entry.attr));
         Ok(entry)
     }
 
@@ -193,6 +215,11 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
         };
         r.check(parent)?;
         if parent == ROOT_ID && !ROOT_ALLOWLIST.contains(&name) {
+            return Err(err(libc::ENOENT));
+        }
+        if r.dir_id(parent)
+            .is_some_and(|dir| r.masked.hides_name(dir, name.to_bytes()))
+        {
             return Err(err(libc::ENOENT));
         }
         let entry = self.inner.lookup(ctx, parent, name)?;
@@ -282,7 +309,8 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
-        self.inner.mkdir(&self.creds(ctx), parent, name, mode, umask)
+        self.inner
+            .mkdir(&self.creds(ctx), parent, name, mode, umask)
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
@@ -497,9 +525,10 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
         }
         // PassthroughFs's readdir looks every entry up anyway (for d_ino); going through
         // readdirplus costs the same and gives us the attributes to recognise secrets by.
+        let dir = r.dir_id(inode);
         self.inner
             .readdirplus(ctx, inode, handle, size, offset, &mut |dirent, entry| {
-                if r.masked.contains(&entry.attr) {
+                if r.masked.hides(dir, dirent.name, &entry.attr) {
                     self.inner.forget(ctx, entry.inode, 1);
                     return Ok(1);
                 }
@@ -529,27 +558,28 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
         r.check(inode)?;
         if inode == ROOT_ID {
             return self.list_root(ctx, r, offset, &mut |dirent, entry| {
-                let ino = entry.inode;
+                let (ino, id) = (entry.inode, file_id(&entry.attr));
                 let res = add_entry(dirent, entry);
                 match res {
-                    Ok(n) if n > 0 => r.issued.issue(ino),
+                    Ok(n) if n > 0 => r.issued.issue(ino, id),
                     _ => self.inner.forget(ctx, ino, 1),
                 }
                 res
             });
         }
+        let dir = r.dir_id(inode);
         self.inner
             .readdirplus(ctx, inode, handle, size, offset, &mut |dirent, entry| {
-                if r.masked.contains(&entry.attr) {
+                if r.masked.hides(dir, dirent.name, &entry.attr) {
                     self.inner.forget(ctx, entry.inode, 1);
                     return Ok(1);
                 }
-                let ino = entry.inode;
+                let (ino, id) = (entry.inode, file_id(&entry.attr));
                 match add_entry(dirent, entry) {
                     // PassthroughFs forgets the entry itself.
                     Ok(0) => Ok(0),
                     Ok(n) => {
-                        r.issued.issue(ino);
+                        r.issued.issue(ino, id);
                         Ok(n)
                     }
                     Err(e) => {
@@ -693,8 +723,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
         events: u32,
     ) -> io::Result<u32> {
         self.check(inode)?;
-        self.inner
-            .poll(ctx, inode, handle, khandle, flags, events)
+        self.inner.poll(ctx, inode, handle, khandle, flags, events)
     }
 
     fn notify_reply(&self) -> io::Result<()> {

@@ -1,0 +1,160 @@
+//! The command line: `hutch run | kernel | doctor | selftest`.
+
+pub mod doctor;
+pub mod kernel;
+pub mod run;
+pub mod selftest;
+pub mod size;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::EngineKind;
+
+/// hutch: run a command in a microVM with your workspace shared in.
+#[derive(Debug, Parser)]
+#[command(name = "hutch", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run CMD in a new microVM with WORKSPACE (default: the current directory) shared read-write at the same path.
+    Run(RunArgs),
+    /// Build or locate the guest kernel.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+    /// Report what this host can run and which engine `auto` picks.
+    Doctor,
+    /// Boot a guest whose root the kernel mounts itself through hutch's virtio-fs, and report each milestone.
+    Selftest(SelftestArgs),
+}
+
+/// `hutch run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory shared read-write at its own path (default: current directory).
+    pub workspace: Option<PathBuf>,
+    /// Command and arguments (default: sh).
+    #[arg(last = true)]
+    pub cmd: Vec<OsString>,
+    /// Guest memory, e.g. 512M or 4G (default: half the host's memory, at most 32G).
+    #[arg(long, short = 'm')]
+    pub memory: Option<String>,
+    /// vCPUs (default: the host's CPUs minus one, at least 1).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Engine: native where the host can run a guest, else qemu.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub engine: EngineKind,
+    /// Set an environment variable in the guest (KEY=VALUE, or KEY to copy the host's value).
+    #[arg(long = "env", short = 'e')]
+    pub env: Vec<OsString>,
+    /// Kernel image to boot instead of the cached build (vmlinux or bzImage).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Show the guest kernel's console on stderr.
+    #[arg(long)]
+    pub console: bool,
+    /// Print boot-phase timings to stderr at exit.
+    #[arg(long)]
+    pub timings: bool,
+}
+
+/// `hutch kernel`.
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Build the guest kernel into the cache (skipped when already built).
+    Build {
+        /// Parallel make jobs (default: number of CPUs).
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+        /// Rebuild even if the cache has this kernel.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the cached kernel's directory (exit 1 if it is not built).
+    Path,
+}
+
+/// `hutch selftest`.
+#[derive(Debug, Args)]
+pub struct SelftestArgs {
+    /// Engine to test.
+    #[arg(long, value_enum, default_value = "native")]
+    pub engine: EngineKind,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub time_limit: u64,
+    /// Kernel image to boot instead of the cached build.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Show the guest kernel's console on stderr.
+    #[arg(long)]
+    pub console: bool,
+}
+
+/// Runs the parsed command; returns the process exit status.
+pub fn dispatch(cli: Cli, started: std::time::Instant) -> i32 {
+    match cli.command {
+        Command::Run(a) => run::main(a, started),
+        Command::Kernel(k) => kernel::main(k),
+        Command::Doctor => doctor::main(),
+        Command::Selftest(a) => selftest::main(a, started),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hutch").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_takes_workspace_and_command_after_dashes() {
+        let Command::Run(a) = parse(&["run", "/ws", "--", "sh", "-c", "echo 'a b'"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(a.workspace, Some(PathBuf::from("/ws")));
+        assert_eq!(a.cmd, vec!["sh", "-c", "echo 'a b'"]);
+        assert_eq!(a.engine, EngineKind::Auto);
+    }
+
+    #[test]
+    fn run_without_workspace() {
+        let Command::Run(a) = parse(&["run", "--memory", "1G", "--cpus", "2", "-e", "A=1", "--", "ls", "--help"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(a.workspace, None);
+        assert_eq!(a.memory.as_deref(), Some("1G"));
+        assert_eq!(a.cpus, Some(2));
+        assert_eq!(a.env, vec!["A=1"]);
+        assert_eq!(a.cmd, vec!["ls", "--help"], "flags after -- belong to the command");
+    }
+
+    #[test]
+    fn bad_input_is_rejected() {
+        assert!(parse(&["run", "--engine", "vmware"]).is_err());
+        assert!(parse(&["run", "--cpus", "many"]).is_err());
+        assert!(parse(&["frobnicate"]).is_err());
+        assert!(parse(&["kernel"]).is_err());
+    }
+
+    #[test]
+    fn engines_and_subcommands() {
+        let Command::Selftest(s) = parse(&["selftest", "--engine", "native"]).unwrap().command else { panic!() };
+        assert_eq!(s.engine, EngineKind::Native);
+        assert_eq!(s.time_limit, 300);
+        assert!(matches!(parse(&["kernel", "path"]).unwrap().command, Command::Kernel(KernelCommand::Path)));
+        assert!(matches!(parse(&["doctor"]).unwrap().command, Command::Doctor));
+    }
+}

@@ -1,0 +1,256 @@
+//! `hutch run [WORKSPACE] [-- CMD]`.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use hutch_proto::{RunSpec, ROOT_TAG, WORKSPACE_TAG};
+
+use super::size;
+use super::RunArgs;
+use crate::control::StopReason;
+use crate::devices::virtio::fs::{ShareConfig, SharePolicy};
+use crate::engine::console::GuestReport;
+use crate::engine::{self, detect, Resolved, VmOutcome, VmSpec};
+
+/// Exit status when hutch itself (not the command) failed.
+pub const EXIT_HUTCH_ERROR: i32 = 125;
+/// Default guest PATH.
+const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Home directory inside the guest (a tmpfs).
+const GUEST_HOME: &str = "/root";
+/// Kernel command line shared by both engines.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 rdinit=/init";
+
+/// Runs `hutch run`; returns the exit status.
+pub fn main(args: RunArgs, started: Instant) -> i32 {
+    match run(args, started) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("hutch: {msg}");
+            EXIT_HUTCH_ERROR
+        }
+    }
+}
+
+/// The workspace, canonical and checked.
+pub fn workspace(arg: Option<&Path>) -> Result<PathBuf, String> {
+    let given = match arg {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_dir().map_err(|e| format!("current directory: {e}"))?,
+    };
+    let ws = given
+        .canonicalize()
+        .map_err(|e| format!("workspace {}: {e}", given.display()))?;
+    if !ws.is_dir() {
+        return Err(format!("workspace {}: not a directory", ws.display()));
+    }
+    std::fs::read_dir(&ws).map_err(|e| format!("workspace {}: cannot be read: {e}", ws.display()))?;
+    if ws == Path::new("/") {
+        return Err("refusing to share / as the workspace: name a project directory".into());
+    }
+    Ok(ws)
+}
+
+/// The guest environment: defaults, then `-e` entries in order.
+pub fn guest_env(entries: &[OsString]) -> Result<Vec<Vec<u8>>, String> {
+    let mut env: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (b"PATH".to_vec(), GUEST_PATH.as_bytes().to_vec()),
+        (b"HOME".to_vec(), GUEST_HOME.as_bytes().to_vec()),
+        (b"USER".to_vec(), b"root".to_vec()),
+        (b"HOSTNAME".to_vec(), b"hutch".to_vec()),
+    ];
+    for key in ["TERM", "LANG", "LC_ALL"] {
+        if let Some(v) = std::env::var_os(key) {
+            env.push((key.as_bytes().to_vec(), v.into_vec()));
+        }
+    }
+    for e in entries {
+        let b = e.as_bytes();
+        let (k, v) = match b.iter().position(|c| *c == b'=') {
+            Some(i) => (b[..i].to_vec(), b[i + 1..].to_vec()),
+            None => match std::env::var_os(e) {
+                Some(v) => (b.to_vec(), v.into_vec()),
+                None => continue,
+            },
+        };
+        if k.is_empty() {
+            return Err(format!("-e {}: empty variable name", e.to_string_lossy()));
+        }
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
+    }
+    Ok(env
+        .into_iter()
+        .map(|(k, v)| [k, b"=".to_vec(), v].concat())
+        .collect())
+}
+
+/// The command's working directory: the host's current directory when it
+/// is inside the workspace, else the workspace.
+pub fn guest_cwd(ws: &Path) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|c| c.canonicalize().ok())
+        .filter(|c| c.starts_with(ws))
+        .unwrap_or_else(|| ws.to_path_buf())
+}
+
+fn run(args: RunArgs, started: Instant) -> Result<i32, String> {
+    let ws = workspace(args.workspace.as_deref())?;
+    let memory = match &args.memory {
+        Some(m) => size::check_memory(m, size::host_memory()).map_err(|e| e.to_string())?,
+        None => size::default_memory(size::host_memory()),
+    };
+    let cpus = match args.cpus {
+        Some(c) => size::check_cpus(c, size::host_cpus()).map_err(|e| e.to_string())?,
+        None => size::default_cpus(size::host_cpus()),
+    };
+    let argv: Vec<Vec<u8>> = if args.cmd.is_empty() {
+        vec![b"sh".to_vec()]
+    } else {
+        args.cmd.iter().map(|a| a.as_bytes().to_vec()).collect()
+    };
+    let env = guest_env(&args.env)?;
+
+    let kvm = detect::HostFacts::probe().kind();
+    let (engine, notice) = engine::resolve(args.engine, kvm, detect::find_qemu().is_some())?;
+    if let Some(n) = notice {
+        eprintln!("{n}");
+    }
+    let kernel = match &args.kernel {
+        Some(k) if k.is_file() => k.clone(),
+        Some(k) => return Err(format!("kernel {}: no such file", k.display())),
+        None => {
+            let images = crate::kernel::ensure().map_err(|e| e.to_string())?;
+            match engine {
+                Resolved::Native => images.vmlinux(),
+                Resolved::Qemu { .. } => images.bzimage(),
+            }
+        }
+    };
+
+    let spec = RunSpec {
+        argv,
+        env,
+        cwd: guest_cwd(&ws).into_os_string().into_vec(),
+        workspace: ws.clone().into_os_string().into_vec(),
+        home: GUEST_HOME.as_bytes().to_vec(),
+    };
+    let loglevel = if args.console { "loglevel=7" } else { "loglevel=1" };
+    let vm = VmSpec {
+        memory,
+        cpus,
+        kernel,
+        cmdline: format!("{BASE_CMDLINE} {loglevel}"),
+        initrd: Some(engine::initramfs::build(crate::guest_init::INIT, &spec)),
+        shares: vec![
+            ShareConfig {
+                tag: ROOT_TAG.into(),
+                source: "/".into(),
+                policy: SharePolicy::SystemRoot,
+            },
+            ShareConfig {
+                tag: WORKSPACE_TAG.into(),
+                source: ws,
+                policy: SharePolicy::Workspace,
+            },
+        ],
+        echo_console: args.console,
+        time_limit: None,
+        started,
+        on_console_line: None,
+        forward_stdin: true,
+    };
+    let outcome = match engine {
+        Resolved::Native => engine::native::run(vm),
+        Resolved::Qemu { kvm } => engine::qemu::run(vm, kvm),
+    }
+    .map_err(|e| e.to_string())?;
+    if args.timings {
+        print_timings(&outcome, engine, started);
+    }
+    exit_status(&outcome)
+}
+
+fn print_timings(o: &VmOutcome, engine: Resolved, started: Instant) {
+    eprintln!("hutch: timings ({} engine), from hutch start:", engine.name());
+    for (phase, at) in &o.phases {
+        eprintln!("  {:>9.3} ms  {}", at.as_secs_f64() * 1e3, phase.name());
+    }
+    eprintln!("  {:>9.3} ms  end", started.elapsed().as_secs_f64() * 1e3);
+}
+
+/// Maps how the guest ended to hutch's exit status.
+pub fn exit_status(o: &VmOutcome) -> Result<i32, String> {
+    match &o.report {
+        Some(GuestReport::Exit(code)) => Ok(*code),
+        Some(GuestReport::InitError(msg)) => Err(format!("guest init failed: {msg}")),
+        None if o.panicked => Err(format!("the guest kernel panicked:\n{}", o.console_tail)),
+        None => {
+            let tail = if o.console_tail.is_empty() {
+                "rerun with --console to see the guest's kernel log".to_string()
+            } else {
+                format!("last console lines:\n{}", o.console_tail)
+            };
+            match &o.stop {
+                Some(StopReason::GuestExit(code)) => Ok(*code),
+                Some(StopReason::Error(e)) => Err(format!("{e}\n{tail}")),
+                Some(StopReason::HostRequest(why)) => Err(format!("guest stopped: {why}")),
+                Some(StopReason::GuestShutdown(how)) => Err(format!(
+                    "the guest stopped ({how}) before reporting an exit status; {tail}"
+                )),
+                None => Err(format!("the guest stopped before reporting an exit status; {tail}")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(report: Option<GuestReport>, stop: Option<StopReason>, panicked: bool) -> VmOutcome {
+        VmOutcome {
+            report,
+            stop,
+            console_tail: "Kernel panic - not syncing: x".into(),
+            panicked,
+            phases: vec![],
+        }
+    }
+
+    #[test]
+    fn exit_statuses() {
+        assert_eq!(exit_status(&outcome(Some(GuestReport::Exit(7)), None, false)), Ok(7));
+        assert_eq!(exit_status(&outcome(None, Some(StopReason::GuestExit(3)), false)), Ok(3));
+        assert!(exit_status(&outcome(None, None, true)).unwrap_err().contains("panicked"));
+        let e = exit_status(&outcome(Some(GuestReport::InitError("mount failed".into())), None, false));
+        assert!(e.unwrap_err().contains("mount failed"));
+        let e = exit_status(&outcome(None, Some(StopReason::GuestShutdown("reset")), false));
+        assert!(e.unwrap_err().contains("before reporting an exit status"));
+    }
+
+    #[test]
+    fn env_defaults_and_overrides_keep_bytes() {
+        let env = guest_env(&[OsString::from("A=b c"), OsString::from("HOME=/w"), OsString::from_vec(b"X=\xff".to_vec())]).unwrap();
+        assert!(env.contains(&b"A=b c".to_vec()));
+        assert!(env.contains(&b"HOME=/w".to_vec()));
+        assert!(!env.contains(&b"HOME=/root".to_vec()));
+        assert!(env.contains(&b"X=\xff".to_vec()));
+        assert!(env.iter().any(|e| e.starts_with(b"PATH=")));
+        assert!(guest_env(&[OsString::from("=x")]).is_err());
+    }
+
+    #[test]
+    fn workspace_errors_name_the_path() {
+        let e = workspace(Some(Path::new("/nonexistent/hutch-ws"))).unwrap_err();
+        assert!(e.contains("/nonexistent/hutch-ws"), "{e}");
+        let f = tempfile::NamedTempFile::new().unwrap();
+        assert!(workspace(Some(f.path())).unwrap_err().contains("not a directory"));
+        assert!(workspace(Some(Path::new("/"))).unwrap_err().contains("refusing"));
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(workspace(Some(d.path())).unwrap(), d.path().canonicalize().unwrap());
+    }
+}

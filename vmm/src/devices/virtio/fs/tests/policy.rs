@@ -1,0 +1,400 @@
+//! The system-root policy, calling the `FileSystem` methods directly over a temp tree.
+
+use std::ffi::{CStr, CString};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, MetadataExt};
+use std::path::Path;
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, CreateIn, FsOptions, SetattrValid};
+use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, ZeroCopyReader, ROOT_ID};
+use fuse_backend_rs::file_traits::FileReadWriteVolatile;
+use fuse_backend_rs::passthrough::{Config, PassthroughFs};
+
+use crate::devices::virtio::fs::PolicyFs;
+
+type Fs = PolicyFs<PassthroughFs>;
+
+/// A fake host root:
+/// usr/bin/tool, usr/lib/, lib -> usr/lib, etc/{passwd, shadow, hard-shadow (hard link),
+/// ssh/ssh_host_ed25519_key{,.pub}, ssl/private/key.pem}, home/user/.ssh/id, root/.
+fn host_root() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    for d in [
+        "usr/bin",
+        "usr/lib",
+        "etc/ssh",
+        "etc/ssl/private",
+        "home/user/.ssh",
+        "root",
+    ] {
+        fs::create_dir_all(p.join(d)).unwrap();
+    }
+    fs::write(p.join("usr/bin/tool"), b"#!/bin/sh\n").unwrap();
+    fs::write(p.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n").unwrap();
+    fs::write(p.join("etc/shadow"), b"root:$6$secret:::::::\n").unwrap();
+    fs::hard_link(p.join("etc/shadow"), p.join("etc/hard-shadow")).unwrap();
+    fs::write(p.join("etc/ssh/ssh_host_ed25519_key"), b"PRIVATE").unwrap();
+    fs::write(
+        p.join("etc/ssh/ssh_host_ed25519_key.pub"),
+        b"ssh-ed25519 AAAA",
+    )
+    .unwrap();
+    fs::write(p.join("etc/ssl/private/key.pem"), b"PRIVATE").unwrap();
+    fs::write(p.join("home/user/.ssh/id"), b"PRIVATE").unwrap();
+    symlink("usr/lib", p.join("lib")).unwrap();
+    dir
+}
+
+fn passthrough(root: &Path) -> PassthroughFs {
+    PassthroughFs::new(Config {
+        root_dir: root.to_str().unwrap().to_owned(),
+        xattr: true,
+        do_import: true,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn system_root(root: &Path) -> Fs {
+    let fs = PolicyFs::system_root(passthrough(root), root).unwrap();
+    fs.init(FsOptions::empty()).unwrap();
+    fs
+}
+
+fn ctx() -> Context {
+    Context::new()
+}
+
+fn c(name: &str) -> CString {
+    CString::new(name).unwrap()
+}
+
+fn lookup(fs: &Fs, parent: u64, name: &str) -> io::Result<Entry> {
+    fs.lookup(&ctx(), parent, &c(name))
+}
+
+fn errno<T: std::fmt::Debug>(res: io::Result<T>) -> i32 {
+    res.unwrap_err().raw_os_error().unwrap()
+}
+
+fn readdir_names(fs: &Fs, dir: u64) -> Vec<String> {
+    let (handle, _) = fs.opendir(&ctx(), dir, 0).unwrap();
+    let handle = handle.unwrap_or(0);
+    let mut names = Vec::new();
+    fs.readdir(&ctx(), dir, handle, 8192, 0, &mut |d| {
+        names.push(String::from_utf8_lossy(d.name).into_owned());
+        Ok(1)
+    })
+    .unwrap();
+    fs.releasedir(&ctx(), dir, 0, handle).unwrap();
+    names.sort();
+    names
+}
+
+/// readdirplus, then forgets every returned entry as the kernel eventually would.
+fn readdirplus_names(fs: &Fs, dir: u64) -> Vec<(String, Entry)> {
+    let (handle, _) = fs.opendir(&ctx(), dir, 0).unwrap();
+    let handle = handle.unwrap_or(0);
+    let mut entries = Vec::new();
+    fs.readdirplus(&ctx(), dir, handle, 8192, 0, &mut |d, e| {
+        entries.push((String::from_utf8_lossy(d.name).into_owned(), e));
+        Ok(1)
+    })
+    .unwrap();
+    fs.releasedir(&ctx(), dir, 0, handle).unwrap();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries
+}
+
+fn id(st: &stat64) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
+}
+
+#[test]
+fn allowlisted_names_resolve_and_read() {
+    let root = host_root();
+    let fs = system_root(root.path());
+    let usr = lookup(&fs, ROOT_ID, "usr").unwrap();
+    let bin = lookup(&fs, usr.inode, "bin").unwrap();
+    let tool = lookup(&fs, bin.inode, "tool").unwrap();
+    let meta = fs::metadata(root.path().join("usr/bin/tool")).unwrap();
+    assert_eq!(id(&tool.attr), (meta.dev(), meta.ino()));
+    let (handle, _, _) = fs
+        .open(&ctx(), tool.inode, libc::O_RDONLY as u32, 0)
+        .unwrap();
+    fs.release(&ctx(), tool.inode, 0, handle.unwrap(), false, false, None)
+        .unwrap();
+    let (st, _) = fs.getattr(&ctx(), tool.inode, None).unwrap();
+    assert_eq!(st.st_size, 10);
+
+    let lib = lookup(&fs, ROOT_ID, "lib").unwrap();
+    assert_eq!(fs.readlink(&ctx(), lib.inode).unwrap(), b"usr/lib");
+    lookup(&fs, ROOT_ID, "etc").unwrap();
+    // Allowlisted but absent on this host.
+    assert_eq!(errno(lookup(&fs, ROOT_ID, "opt")), libc::ENOENT);
+}
+
+#[test]
+fn names_outside_the_allowlist_do_not_exist() {
+    let root = host_root();
+    let fs = system_root(root.path());
+    for name in ["home", "root", ".", "..", "tmp", "usr/bin"] {
+        assert_eq!(errno(lookup(&fs, ROOT_ID, name)), libc::ENOENT, "{name}");
+    }
+    assert_eq!(readdir_names(&fs, ROOT_ID), ["etc", "lib", "usr"]);
+    let plus: Vec<String> = readdirplus_names(&fs, ROOT_ID)
+        .into_iter()
+        .map(|(name, e)| {
+            fs.forget(&ctx(), e.inode, 1);
+            name
+        })
+        .collect();
+    assert_eq!(plus, ["etc", "lib", "usr"]);
+}
+
+#[test]
+fn secrets_are_masked_even_through_hard_links() {
+    let root = host_root();
+    let fs = system_root(root.path());
+    let etc = lookup(&fs, ROOT_ID, "etc").unwrap();
+    assert_eq!(errno(lookup(&fs, etc.inode, "shadow")), libc::ENOENT);
+    assert_eq!(errno(lookup(&fs, etc.inode, "hard-shadow")), libc::ENOENT);
+    lookup(&fs, etc.inode, "passwd").unwrap();
+    let ssh = lookup(&fs, etc.inode, "ssh").unwrap();
+    assert_eq!(
+        errno(lookup(&fs, ssh.inode, "ssh_host_ed25519_key")),
+        libc::ENOENT
+    );
+    lookup(&fs, ssh.inode, "ssh_host_ed25519_key.pub").unwrap();
+    let ssl = lookup(&fs, etc.inode, "ssl").unwrap();
+    assert_eq!(errno(lookup(&fs, ssl.inode, "private")), libc::ENOENT);
+
+    assert_eq!(readdir_names(&fs, etc.inode), ["passwd", "ssh", "ssl"]);
+    assert_eq!(readdir_names(&fs, ssh.inode), ["ssh_host_ed25519_key.pub"]);
+    assert!(readdir_names(&fs, ssl.inode).is_empty());
+    let plus = readdirplus_names(&fs, etc.inode);
+    let names: Vec<&str> = plus.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["passwd", "ssh", "ssl"]);
+    for (_, e) in &plus {
+        fs.forget(&ctx(), e.inode, 1);
+    }
+}
+
+#[test]
+fn secrets_created_or_replaced_after_start_stay_hidden() {
+    let root = host_root();
+    let fs = system_root(root.path());
+    let p = root.path();
+    // passwd(1) style: a new file renamed over /etc/shadow gets a new inode.
+    fs::write(p.join("etc/nshadow"), b"root:$6$new:::::::\n").unwrap();
+    fs::rename(p.join("etc/nshadow"), p.join("etc/shadow")).unwrap();
+    // Secrets that did not exist when the share started.
+    fs::write(p.join("etc/gshadow"), b"root:::\n").unwrap();
+    fs::write(p.join("etc/ssh/ssh_host_rsa_key"), b"PRIVATE").unwrap();
+
+    let etc = lookup(&fs, ROOT_ID, "etc").unwrap();
+    assert_eq!(errno(lookup(&fs, etc.inode, "shadow")), libc::ENOENT);
+    assert_eq!(errno(lookup(&fs, etc.inode, "gshadow")), libc::ENOENT);
+    let ssh = lookup(&fs, etc.inode, "ssh").unwrap();
+    assert_eq!(
+        errno(lookup(&fs, ssh.inode, "ssh_host_rsa_key")),
+        libc::ENOENT
+    );
+    assert_eq!(readdir_names(&fs, etc.inode), ["passwd", "ssh", "ssl"]);
+    let plus = readdirplus_names(&fs, ssh.inode);
+    let names: Vec<&str> = plus.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["ssh_host_ed25519_key.pub"]);
+    for (_, e) in &plus {
+        fs.forget(&ctx(), e.inode, 1);
+    }
+}
+
+#[test]
+fn masked_and_listed_inodes_are_forgotten_and_cannot_be_named() {
+    let root = host_root();
+    let fs = system_root(root.path());
+    let shadow = fs::metadata(root.path().join("etc/shadow")).unwrap();
+    let etc = lookup(&fs, ROOT_ID, "etc").unwrap();
+    // PassthroughFs looks up every listed entry (shadow included) to list it.
+    readdir_names(&fs, ROOT_ID);
+    readdir_names(&fs, etc.inode);
+    let plus = readdirplus_names(&fs, etc.inode);
+    for (_, e) in &plus {
+        fs.forget(&ctx(), e.inode, 1);
+    }
+    lookup(&fs, etc.inode, "shadow").unwrap_err();
+
+    for ino in 2..200 {
+        if ino == etc.inode {
+            continue;
+        }
+        // The guest cannot name an inode it was not given...
+        assert_eq!(errno(fs.getattr(&ctx(), ino, None)), libc::EBADF, "{ino}");
+        assert_eq!(errno(lookup(&fs, ino, "id")), libc::EBADF, "{ino}");
+        // ...and the inner fs holds no lookup count on anything but the root and etc.
+        if let Ok((st, _)) = fs.inner().getattr(&ctx(), ino, None) {
+            panic!("inode {ino} ({:?}) leaked", id(&st));
+        }
+    }
+    assert_ne!(id(&etc.attr), (shadow.dev(), shadow.ino()));
+    // Forgetting more than was given is clamped; with its count gone, etc cannot be named.
+    fs.forget(&ctx(), etc.inode, 5);
+    assert_eq!(errno(fs.getattr(&ctx(), etc.inode, None)), libc::EBADF);
+}
+
+#[test]
+fn dotdot_cannot_escape_the_root() {
+    let root = host_root();
+    let fs = system_root(root.path());
+    let usr = lookup(&fs, ROOT_ID, "usr").unwrap();
+    let bin = lookup(&fs, usr.inode, "bin").unwrap();
+    assert_eq!(lookup(&fs, usr.inode, "..").unwrap().inode, ROOT_ID);
+    assert_eq!(lookup(&fs, bin.inode, "..").unwrap().inode, usr.inode);
+    let etc = lookup(&fs, ROOT_ID, "etc").unwrap();
+    assert_eq!(lookup(&fs, etc.inode, "..").unwrap().inode, ROOT_ID);
+    assert_eq!(errno(lookup(&fs, usr.inode, "../home")), libc::EINVAL);
+    assert_eq!(errno(lookup(&fs, ROOT_ID, "..")), libc::ENOENT);
+    // The root reached through ".." is still the filtered root.
+    assert_eq!(errno(lookup(&fs, ROOT_ID, "home")), libc::ENOENT);
+}
+
+struct NoData;
+
+impl io::Read for NoData {
+    fn read(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+        Ok(0)
+    }
+}
+
+impl ZeroCopyReader for NoData {
+    fn read_to(
+        &mut self,
+        _f: &mut dyn FileReadWriteVolatile,
+        _count: usize,
+        _off: u64,
+    ) -> io::Result<usize> {
+        Ok(0)
+    }
+}
+
+#[test]
+fn every_mutation_is_erofs() {
+    let root = host_root();
+    let fs = system_root(root.path());
+    let x = ctx();
+    let etc = lookup(&fs, ROOT_ID, "etc").unwrap();
+    let passwd = lookup(&fs, etc.inode, "passwd").unwrap();
+    let name: &CStr = c"new";
+    let erofs = libc::EROFS;
+
+    assert_eq!(errno(fs.mkdir(&x, etc.inode, name, 0o755, 0)), erofs);
+    assert_eq!(
+        errno(fs.mknod(&x, etc.inode, name, libc::S_IFREG | 0o644, 0, 0)),
+        erofs
+    );
+    assert_eq!(errno(fs.symlink(&x, c"passwd", etc.inode, name)), erofs);
+    assert_eq!(errno(fs.link(&x, passwd.inode, etc.inode, name)), erofs);
+    assert_eq!(errno(fs.unlink(&x, etc.inode, c"passwd")), erofs);
+    assert_eq!(errno(fs.rmdir(&x, ROOT_ID, c"etc")), erofs);
+    assert_eq!(
+        errno(fs.rename(&x, etc.inode, c"passwd", etc.inode, name, 0)),
+        erofs
+    );
+    let args = CreateIn {
+        flags: libc::O_WRONLY as u32,
+        mode: 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    assert_eq!(errno(fs.create(&x, etc.inode, name, args)), erofs);
+    // SAFETY: stat64 is plain old data; all zeroes is a valid value.
+    let attr: stat64 = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        errno(fs.setattr(&x, passwd.inode, attr, None, SetattrValid::MODE)),
+        erofs
+    );
+    assert_eq!(
+        errno(fs.setxattr(&x, passwd.inode, c"user.x", b"1", 0)),
+        erofs
+    );
+    assert_eq!(errno(fs.removexattr(&x, passwd.inode, c"user.x")), erofs);
+    for flags in [
+        libc::O_WRONLY,
+        libc::O_RDWR,
+        libc::O_RDONLY | libc::O_TRUNC,
+        libc::O_RDONLY | libc::O_APPEND,
+        libc::O_RDONLY | libc::O_CREAT,
+    ] {
+        assert_eq!(
+            errno(fs.open(&x, passwd.inode, flags as u32, 0)),
+            erofs,
+            "{flags:#x}"
+        );
+    }
+    assert_eq!(errno(fs.access(&x, passwd.inode, libc::W_OK as u32)), erofs);
+    fs.access(&x, passwd.inode, libc::R_OK as u32).unwrap();
+
+    let (handle, _, _) = fs.open(&x, passwd.inode, libc::O_RDONLY as u32, 0).unwrap();
+    let handle = handle.unwrap();
+    assert_eq!(
+        errno(fs.write(
+            &x,
+            passwd.inode,
+            handle,
+            &mut NoData,
+            1,
+            0,
+            None,
+            false,
+            0,
+            0
+        )),
+        erofs
+    );
+    assert_eq!(
+        errno(fs.fallocate(&x, passwd.inode, handle, 0, 0, 4096)),
+        erofs
+    );
+    fs.release(&x, passwd.inode, 0, handle, false, false, None)
+        .unwrap();
+
+    // Nothing changed on the host.
+    assert_eq!(
+        fs::read(root.path().join("etc/passwd")).unwrap(),
+        b"root:x:0:0::/root:/bin/sh\n"
+    );
+    assert!(!root.path().join("etc/new").exists());
+}
+
+#[test]
+fn workspace_policy_passes_writes_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = PolicyFs::passthrough(passthrough(dir.path()), true);
+    fs.init(FsOptions::empty()).unwrap();
+    // A guest user the host does not have: with squashed credentials the files are created
+    // as the VMM's own user instead of failing to switch to uid 4321 (EPERM when not root).
+    let x = Context {
+        uid: 4321,
+        gid: 4321,
+        pid: 1,
+    };
+    let sub = fs.mkdir(&x, ROOT_ID, c"sub", 0o755, 0).unwrap();
+    fs::write(dir.path().join("probe"), b"").unwrap();
+    let me = fs::metadata(dir.path().join("probe")).unwrap().uid();
+    assert_eq!(fs::metadata(dir.path().join("sub")).unwrap().uid(), me);
+    let args = CreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    let (file, handle, _, _) = fs.create(&x, sub.inode, c"f", args).unwrap();
+    fs.release(&x, file.inode, 0, handle.unwrap(), false, false, None)
+        .unwrap();
+    assert!(dir.path().join("sub/f").is_file());
+    // No allowlist, nothing hidden.
+    fs::create_dir(dir.path().join("home")).unwrap();
+    lookup(&fs, ROOT_ID, "home").unwrap();
+}

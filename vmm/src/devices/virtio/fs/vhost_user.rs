@@ -1,0 +1,203 @@
+//! The vhost-user transport: serves an `FsDevice` to QEMU's `vhost-user-fs-device` over a
+//! Unix socket, one frontend connection per call.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use log::error;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{
+    Error as DaemonError, VhostUserBackend, VhostUserDaemon, VringRwLock, VringT,
+};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::{FsDevice, FsError};
+
+/// Guest memory as vhost-user-backend maps it (no dirty-page bitmap: LOG_ALL is not offered).
+type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+/// A `VhostUserBackend` that hands each kicked queue to `FsDevice::process_queue`.
+#[derive(Debug)]
+pub struct VhostUserFs {
+    dev: Arc<FsDevice>,
+    mem: GuestMem,
+}
+
+impl VhostUserFs {
+    /// Wraps `dev`; `mem` must be the same `GuestMemoryAtomic` given to the daemon, which
+    /// replaces its content on SET_MEM_TABLE.
+    pub fn new(dev: Arc<FsDevice>, mem: GuestMem) -> Self {
+        Self { dev, mem }
+    }
+}
+
+impl VhostUserBackend for VhostUserFs {
+    type Bitmap = ();
+    type Vring = VringRwLock<GuestMem>;
+
+    fn num_queues(&self) -> usize {
+        FsDevice::NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(FsDevice::QUEUE_SIZE)
+    }
+
+    fn features(&self) -> u64 {
+        self.dev.device_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The handler already calls `set_event_idx` on each queue, which process_queue reads.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let cfg = self.dev.config_space();
+        let start = (offset as usize).min(cfg.len());
+        let end = start.saturating_add(size as usize).min(cfg.len());
+        cfg[start..end].to_vec()
+    }
+
+    fn update_memory(&self, _mem: GuestMem) -> io::Result<()> {
+        // `_mem` is a clone of `self.mem`: the daemon swaps the mapping inside it.
+        Ok(())
+    }
+
+    /// One worker thread per queue, so FORGETs on hiprio never wait behind a slow request.
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..FsDevice::NUM_QUEUES).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                error!(
+                    "virtio-fs share {:?}: cannot create a vring worker exit event: {e}",
+                    self.dev.tag()
+                );
+                None
+            }
+        }
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Self::Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let Some(vring) = vrings.get(usize::from(device_event)) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let mem = self.mem.memory();
+        let mut state = vring.get_mut();
+        match self.dev.process_queue(&*mem, state.get_queue_mut()) {
+            Ok(true) => state.signal_used_queue(),
+            Ok(false) => Ok(()),
+            Err(e) => {
+                // Keep the worker alive: the driver may reset the queue.
+                error!("{e} (vhost-user queue {thread_id})");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The background thread serving one vhost-user connection.
+#[derive(Debug)]
+pub struct VhostUserHandle {
+    tag: String,
+    socket: PathBuf,
+    thread: JoinHandle<Result<(), FsError>>,
+}
+
+impl VhostUserHandle {
+    /// The socket path served.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Whether the connection is over (the thread ended).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits until the frontend has disconnected (normal end: `Ok`).
+    pub fn join(self) -> Result<(), FsError> {
+        self.thread.join().map_err(|_| FsError::VhostUserPanicked {
+            tag: self.tag,
+            socket: self.socket,
+        })?
+    }
+}
+
+/// Binds the Unix socket before returning (so QEMU can connect right away), then serves
+/// exactly one frontend connection in a background thread until it disconnects. The socket
+/// file is removed when the thread ends.
+pub fn serve_vhost_user(dev: Arc<FsDevice>, socket: &Path) -> Result<VhostUserHandle, FsError> {
+    let tag = dev.tag().to_owned();
+    let socket = socket.to_path_buf();
+    let daemon_err = {
+        let (tag, socket) = (tag.clone(), socket.clone());
+        move |e: DaemonError| FsError::VhostUserDaemon {
+            tag: tag.clone(),
+            socket: socket.clone(),
+            message: e.to_string(),
+        }
+    };
+
+    let mut listener = Listener::new(&socket, true).map_err(|e| FsError::VhostUserListen {
+        tag: tag.clone(),
+        socket: socket.clone(),
+        source: e,
+    })?;
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let backend = Arc::new(VhostUserFs::new(dev, mem.clone()));
+    let mut daemon =
+        VhostUserDaemon::new(format!("vhost-user-fs {tag}"), backend, mem).map_err(&daemon_err)?;
+
+    let thread = thread::Builder::new()
+        .name(format!("vufs-{tag}"))
+        .spawn(move || {
+            daemon.start(&mut listener).map_err(&daemon_err)?;
+            let result = daemon.wait();
+            for handler in daemon.get_epoll_handlers() {
+                handler.send_exit_event();
+            }
+            drop(listener);
+            match result {
+                Ok(())
+                | Err(DaemonError::HandleRequest(
+                    VhostUserError::Disconnected | VhostUserError::PartialMessage,
+                )) => Ok(()),
+                Err(e) => Err(daemon_err(e)),
+            }
+        })
+        .map_err(|e| FsError::VhostUserThread {
+            tag: tag.clone(),
+            socket: socket.clone(),
+            source: e,
+        })?;
+
+    Ok(VhostUserHandle {
+        tag,
+        socket,
+        thread,
+    })
+}

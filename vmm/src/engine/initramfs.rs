@@ -1,0 +1,150 @@
+//! The per-run initramfs: a newc cpio archive holding `/init` (hutch-init),
+//! `/dev/console` and the run spec at `/hutch/spec`.
+
+use hutch_proto::{RunSpec, SPEC_PATH};
+
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFCHR: u32 = 0o020000;
+
+/// Builds newc archives.
+#[derive(Default)]
+pub struct CpioWriter {
+    out: Vec<u8>,
+    ino: u32,
+}
+
+impl CpioWriter {
+    /// An empty archive.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
+        self.ino += 1;
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
+        self.out.extend_from_slice(b"070701");
+        for f in fields {
+            self.out.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(0);
+        self.pad();
+        self.out.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while self.out.len() % 4 != 0 {
+            self.out.push(0);
+        }
+    }
+
+    /// Adds a directory.
+    pub fn dir(&mut self, name: &str, perm: u32) -> &mut Self {
+        self.entry(name, S_IFDIR | perm, &[], (0, 0));
+        self
+    }
+
+    /// Adds a regular file.
+    pub fn file(&mut self, name: &str, perm: u32, data: &[u8]) -> &mut Self {
+        self.entry(name, S_IFREG | perm, data, (0, 0));
+        self
+    }
+
+    /// Adds a character device node.
+    pub fn char_dev(&mut self, name: &str, perm: u32, major: u32, minor: u32) -> &mut Self {
+        self.entry(name, S_IFCHR | perm, &[], (major, minor));
+        self
+    }
+
+    /// Ends the archive and returns it.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[], (0, 0));
+        self.out
+    }
+}
+
+/// The initramfs for one run.
+pub fn build(init: &[u8], spec: &RunSpec) -> Vec<u8> {
+    let mut w = CpioWriter::new();
+    w.dir("dev", 0o755)
+        .char_dev("dev/console", 0o600, 5, 1)
+        .dir("proc", 0o755)
+        .dir("sys", 0o755)
+        .dir("hutch", 0o755)
+        .file(SPEC_PATH.trim_start_matches('/'), 0o600, &spec.encode())
+        .file("init", 0o755, init);
+    w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses a newc archive back into (name, mode, data).
+    fn parse(mut b: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        let hex = |s: &[u8]| u32::from_str_radix(std::str::from_utf8(s).unwrap(), 16).unwrap();
+        let align = |n: usize| (n + 3) & !3;
+        loop {
+            assert_eq!(&b[..6], b"070701");
+            let mode = hex(&b[14..22]);
+            let size = hex(&b[54..62]) as usize;
+            let namesize = hex(&b[94..102]) as usize;
+            let name = std::str::from_utf8(&b[110..110 + namesize - 1]).unwrap().to_string();
+            let data_at = align(110 + namesize);
+            let data = b[data_at..data_at + size].to_vec();
+            b = &b[align(data_at + size)..];
+            if name == "TRAILER!!!" {
+                assert!(b.is_empty());
+                return out;
+            }
+            out.push((name, mode, data));
+        }
+    }
+
+    #[test]
+    fn archive_holds_init_console_and_spec() {
+        let spec = RunSpec {
+            argv: vec![b"true".to_vec()],
+            ..Default::default()
+        };
+        let a = build(b"\x7fELF-init", &spec);
+        let entries = parse(&a);
+        let find = |n: &str| entries.iter().find(|e| e.0 == n).unwrap_or_else(|| panic!("{n}"));
+        assert_eq!(find("init").2, b"\x7fELF-init");
+        assert_eq!(find("init").1, S_IFREG | 0o755);
+        assert_eq!(find("dev/console").1, S_IFCHR | 0o600);
+        assert_eq!(RunSpec::decode(&find("hutch/spec").2).unwrap(), spec);
+        // Parent directories come before their children.
+        let pos = |n: &str| entries.iter().position(|e| e.0 == n).unwrap();
+        assert!(pos("hutch") < pos("hutch/spec"));
+        assert!(pos("dev") < pos("dev/console"));
+    }
+
+    #[test]
+    fn odd_sizes_are_padded() {
+        let mut w = CpioWriter::new();
+        w.file("a", 0o644, b"x").file("bb", 0o644, b"yyy");
+        let a = w.finish();
+        assert_eq!(a.len() % 4, 0);
+        let e = parse(&a);
+        assert_eq!(e[0].2, b"x");
+        assert_eq!(e[1].2, b"yyy");
+    }
+}

@@ -1,0 +1,310 @@
+//! The qemu engine: `qemu-system-x86_64 -M microvm,acpi=off` booting the
+//! same kernel and init, with hutch's own virtio-fs devices served to it
+//! over vhost-user from this process, and its serial line on QEMU's stdio.
+
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hutch_proto::{Frame, FrameKind};
+
+use super::console::{pump_stdin, HostConsole};
+use super::{detect, EngineError, VmOutcome, VmSpec};
+use crate::control::StopReason;
+use crate::devices::virtio::fs::{serve_vhost_user, FsDevice};
+
+/// A private directory for the run's sockets and initramfs, removed on drop.
+struct RuntimeDir(PathBuf);
+
+impl RuntimeDir {
+    fn new() -> Result<Self, EngineError> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = base.join(format!("hutch-{}-{nonce:x}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| EngineError::Io {
+                what: format!("creating runtime directory {}", dir.display()),
+                source,
+            })?;
+        Ok(Self(dir))
+    }
+
+    fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// The QEMU command line for `spec`.
+pub fn qemu_args(spec: &VmSpec, kvm: bool, initrd: Option<&Path>, sockets: &[(PathBuf, String)]) -> Vec<String> {
+    let mem_mib = spec.memory >> 20;
+    let mut a: Vec<String> = vec![
+        "-M".into(),
+        "microvm,acpi=off,memory-backend=mem".into(),
+        "-m".into(),
+        format!("{mem_mib}M"),
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={mem_mib}M,share=on"),
+        "-smp".into(),
+        spec.cpus.to_string(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-nographic".into(),
+        "-no-reboot".into(),
+        "-chardev".into(),
+        "stdio,id=con,signal=off".into(),
+        "-serial".into(),
+        "chardev:con".into(),
+        "-kernel".into(),
+        spec.kernel.display().to_string(),
+        "-append".into(),
+        spec.cmdline.clone(),
+    ];
+    if kvm {
+        a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]);
+    } else {
+        a.extend(["-accel".into(), "tcg,thread=multi".into(), "-cpu".into(), "max".into()]);
+    }
+    if let Some(rd) = initrd {
+        a.extend(["-initrd".into(), rd.display().to_string()]);
+    }
+    for (i, (sock, tag)) in sockets.iter().enumerate() {
+        a.extend([
+            "-chardev".into(),
+            format!("socket,id=fs{i},path={}", sock.display()),
+            "-device".into(),
+            format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"),
+        ]);
+    }
+    a
+}
+
+/// Boots `spec` under QEMU; `kvm` selects `-accel kvm` over TCG.
+pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
+    let qemu = detect::find_qemu().ok_or(EngineError::NoQemu)?;
+    let rt = RuntimeDir::new()?;
+
+    let mut sockets = Vec::new();
+    let mut backends = Vec::new();
+    for (i, share) in std::mem::take(&mut spec.shares).into_iter().enumerate() {
+        let dev = Arc::new(FsDevice::new(share)?);
+        let sock = rt.0.join(format!("fs{i}.sock"));
+        let tag = dev.tag().to_string();
+        backends.push(serve_vhost_user(dev, &sock)?);
+        sockets.push((sock, tag));
+    }
+    let initrd_path = match spec.initrd.take() {
+        Some(data) => {
+            let p = rt.0.join("initrd.cpio");
+            std::fs::write(&p, data).map_err(|source| EngineError::Io {
+                what: format!("writing {}", p.display()),
+                source,
+            })?;
+            Some(p)
+        }
+        None => None,
+    };
+
+    let args = qemu_args(&spec, kvm, initrd_path.as_deref(), &sockets);
+    let mut cmd = Command::new(&qemu);
+    cmd.args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe calls (setpgid, prctl).
+    unsafe {
+        cmd.pre_exec(|| {
+            // Own process group: a terminal's Ctrl-C reaches hutch, which then
+            // tears QEMU down; and QEMU dies with hutch, even on SIGKILL.
+            libc::setpgid(0, 0);
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().map_err(|source| EngineError::Io {
+        what: format!("starting {}", qemu.display()),
+        source,
+    })?;
+    let pid = child.id() as libc::pid_t;
+
+    let killed = Arc::new(AtomicBool::new(false));
+    let stop_reason: Arc<Mutex<Option<StopReason>>> = Arc::new(Mutex::new(None));
+    let kill = {
+        let (killed, stop_reason) = (killed.clone(), stop_reason.clone());
+        move |why: StopReason| {
+            let mut r = stop_reason.lock().unwrap_or_else(|p| p.into_inner());
+            if r.is_none() {
+                *r = Some(why);
+            }
+            killed.store(true, Ordering::SeqCst);
+            // SAFETY: plain kill(2) on the child's pid, which we have not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    };
+
+    let stderr_buf = Arc::new(Mutex::new(Vec::new()));
+    let mut qemu_stderr = child.stderr.take().expect("piped stderr");
+    let sb = stderr_buf.clone();
+    let stderr_thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = qemu_stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let mut s = sb.lock().unwrap_or_else(|p| p.into_inner());
+            if s.len() < 64 * 1024 {
+                s.extend_from_slice(&buf[..n]);
+            }
+        }
+    });
+    if let Some(limit) = spec.time_limit {
+        let kill = kill.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            kill(StopReason::HostRequest(format!("time limit of {} s reached", limit.as_secs())));
+        });
+    }
+
+    let mut console = HostConsole::new(std::io::stdout(), std::io::stderr(), spec.echo_console);
+    if let Some(observe) = spec.on_console_line.take() {
+        let kill = kill.clone();
+        console.set_line_observer(
+            observe,
+            Box::new(move || kill(StopReason::HostRequest("console milestone reached".into()))),
+        );
+    }
+    let stdin = child.stdin.take().expect("piped stdin");
+    let forward = spec.forward_stdin;
+    let gate = console.ready_gate();
+    let finished = Arc::new(AtomicBool::new(false));
+    let fin = finished.clone();
+    std::thread::spawn(move || {
+        let mut stdin = stdin;
+        if !gate.wait(&|| fin.load(Ordering::SeqCst)) {
+            return;
+        }
+        if forward {
+            pump_stdin(std::io::stdin(), |f| stdin.write_all(f));
+        } else {
+            let _ = stdin.write_all(&Frame::encode(FrameKind::StdinEof, &[]));
+        }
+        // Keep the pipe open until QEMU exits: EOF on a stdio chardev is not
+        // an error, but a closed pipe would be.
+        while !fin.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut first = true;
+    loop {
+        match out.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if first {
+                    // QEMU has connected to the sockets and read the initramfs:
+                    // nothing needs to stay on disk.
+                    rt.remove();
+                    first = false;
+                }
+                console.feed(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    finished.store(true, Ordering::SeqCst);
+    let status = wait(&mut child);
+    let _ = stderr_thread.join();
+    for b in backends {
+        let _ = b.join();
+    }
+    let qemu_err = String::from_utf8_lossy(&stderr_buf.lock().unwrap_or_else(|p| p.into_inner())).trim().to_string();
+    let mut stop = stop_reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if stop.is_none() {
+        stop = Some(match (console.report(), status) {
+            (Some(_), _) => StopReason::GuestShutdown("power off"),
+            (None, Some(0)) => StopReason::GuestShutdown("reset"),
+            (None, s) if !qemu_err.is_empty() || s.is_none() => StopReason::Error(format!(
+                "qemu exited ({}): {}",
+                s.map(|c| format!("status {c}")).unwrap_or_else(|| "killed".into()),
+                qemu_err
+            )),
+            (None, _) => StopReason::GuestShutdown("reset"),
+        });
+    }
+    Ok(VmOutcome {
+        report: console.report(),
+        stop,
+        console_tail: console.console_tail(30),
+        panicked: console.saw_panic(),
+        phases: Vec::new(),
+    })
+}
+
+fn wait(child: &mut Child) -> Option<i32> {
+    child.wait().ok().and_then(|s| s.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            memory: 512 << 20,
+            cpus: 2,
+            kernel: "/k/bzImage".into(),
+            cmdline: "console=ttyS0 reboot=t".into(),
+            initrd: None,
+            shares: vec![],
+            echo_console: false,
+            time_limit: None,
+            started: Instant::now(),
+            on_console_line: None,
+            forward_stdin: false,
+        }
+    }
+
+    #[test]
+    fn args_use_microvm_without_acpi_and_shared_memfd() {
+        let socks = vec![(PathBuf::from("/r/fs0.sock"), "hutch-root".to_string())];
+        let a = qemu_args(&spec(), false, Some(Path::new("/r/initrd.cpio")), &socks);
+        let joined = a.join(" ");
+        assert!(joined.contains("-M microvm,acpi=off,memory-backend=mem"));
+        assert!(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
+        assert!(joined.contains("-m 512M"));
+        assert!(joined.contains("-smp 2"));
+        assert!(joined.contains("-accel tcg,thread=multi"));
+        assert!(joined.contains("-initrd /r/initrd.cpio"));
+        assert!(joined.contains("socket,id=fs0,path=/r/fs0.sock"));
+        assert!(joined.contains("vhost-user-fs-device,chardev=fs0,tag=hutch-root"));
+        let append = a.iter().position(|x| x == "-append").unwrap();
+        assert_eq!(a[append + 1], "console=ttyS0 reboot=t", "cmdline is one argument");
+        let kvm = qemu_args(&spec(), true, None, &[]).join(" ");
+        assert!(kvm.contains("-accel kvm -cpu host"));
+        assert!(!kvm.contains("-initrd"));
+    }
+}
