@@ -60,6 +60,9 @@ pub struct RunArgs {
     /// Show the guest kernel's console on stderr.
     #[arg(long)]
     pub console: bool,
+    /// Extra guest kernel command-line argument (repeatable).
+    #[arg(long = "kernel-arg", value_name = "ARG")]
+    pub kernel_args: Vec<String>,
     /// Print boot-phase timings to stderr at exit.
     #[arg(long)]
     pub timings: bool,

@@ -139,11 +139,16 @@ fn run(args: RunArgs, started: Instant) -> Result<i32, String> {
         home: GUEST_HOME.as_bytes().to_vec(),
     };
     let loglevel = if args.console { "loglevel=7" } else { "loglevel=1" };
+    let mut cmdline = format!("{BASE_CMDLINE} {loglevel}");
+    for a in &args.kernel_args {
+        cmdline.push(' ');
+        cmdline.push_str(a);
+    }
     let vm = VmSpec {
         memory,
         cpus,
         kernel,
-        cmdline: format!("{BASE_CMDLINE} {loglevel}"),
+        cmdline,
         initrd: Some(engine::initramfs::build(crate::guest_init::INIT, &spec)),
         shares: vec![
             ShareConfig {
@@ -162,6 +167,7 @@ fn run(args: RunArgs, started: Instant) -> Result<i32, String> {
         started,
         on_console_line: None,
         forward_stdin: true,
+        prefer_pvh: true,
     };
     let outcome = match engine {
         Resolved::Native => engine::native::run(vm),

@@ -17,7 +17,7 @@ use crate::devices::virtio::fs::{ShareConfig, SharePolicy};
 use crate::engine::{self, detect, ConsoleAction, EngineKind, Resolved, VmSpec};
 
 /// Command-line accommodations for PVM's instruction emulator.
-pub const PVM_CMDLINE: &str = "noxsave clearcpuid=smap,smep,popcnt";
+pub const PVM_CMDLINE: &str = "noxsave clearcpuid=smap,smep,popcnt,cx16";
 
 /// One milestone: its name and the console text that proves it.
 pub struct Milestone {
@@ -161,6 +161,7 @@ fn run(args: SelftestArgs, started: Instant) -> Result<bool, String> {
         started,
         on_console_line: Some(observe),
         forward_stdin: false,
+        prefer_pvh: true,
     };
     let outcome = match engine {
         Resolved::Native => engine::native::run(spec),

@@ -68,6 +68,9 @@ pub struct VmSpec {
     pub on_console_line: Option<Box<dyn FnMut(&str) -> ConsoleAction + Send>>,
     /// Forward hutch's stdin to the guest.
     pub forward_stdin: bool,
+    /// Enter an ELF kernel through its PVH entry when it has one (native
+    /// engine); otherwise through the 64-bit Linux boot protocol.
+    pub prefer_pvh: bool,
 }
 
 /// What a console-line observer wants next.

@@ -285,6 +285,7 @@ mod tests {
             started: Instant::now(),
             on_console_line: None,
             forward_stdin: false,
+            prefer_pvh: true,
         }
     }
 

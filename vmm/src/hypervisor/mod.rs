@@ -74,7 +74,7 @@ pub enum VcpuExit {
     /// The hypervisor could not enter the guest.
     FailEntry { reason: u64 },
     /// The hypervisor hit an internal error (often: an instruction it cannot emulate).
-    InternalError { suberror: u32 },
+    InternalError { suberror: u32, rip: u64 },
     /// Any other exit, by name.
     Unhandled(String),
 }

@@ -79,7 +79,7 @@ pub fn load(mem: &GuestMemoryMmap, spec: &VmSpec) -> Result<Entry, EngineError> 
 
     mptable::write(mem, spec.cpus)?;
     let entry = match result.pvh_boot_cap {
-        PvhBootCapability::PvhEntryPresent(addr) if elf => {
+        PvhBootCapability::PvhEntryPresent(addr) if elf && spec.prefer_pvh => {
             gdt::write(mem, &gdt::GDT_32)?;
             let start_info = pvh::write(mem, spec.memory, initrd)?;
             Entry::Pvh {

@@ -33,8 +33,8 @@ pub fn handle_exit(id: u8, exit: Result<VcpuExit, HvError>) -> Option<StopReason
         Ok(VcpuExit::FailEntry { reason }) => Some(StopReason::Error(format!(
             "vCPU {id}: the hypervisor could not enter the guest (hardware reason {reason:#x})"
         ))),
-        Ok(VcpuExit::InternalError { suberror }) => Some(StopReason::Error(format!(
-            "vCPU {id}: hypervisor internal error (suberror {suberror}); on a PVM host this is an instruction it cannot emulate"
+        Ok(VcpuExit::InternalError { suberror, rip }) => Some(StopReason::Error(format!(
+            "vCPU {id}: hypervisor internal error (suberror {suberror}) at guest RIP {rip:#x}; on a PVM host this is an instruction it cannot emulate"
         ))),
         Ok(VcpuExit::Unhandled(what)) => Some(StopReason::Error(format!("vCPU {id}: unhandled exit {what}"))),
         Err(e) => Some(StopReason::Error(e.to_string())),
@@ -167,7 +167,7 @@ mod tests {
         assert_eq!(handle_exit(0, Ok(VcpuExit::Interrupted)), None);
         assert!(matches!(handle_exit(0, Ok(VcpuExit::Shutdown)), Some(StopReason::GuestShutdown(_))));
         assert!(matches!(handle_exit(1, Ok(VcpuExit::FailEntry { reason: 7 })), Some(StopReason::Error(m)) if m.contains("vCPU 1")));
-        assert!(matches!(handle_exit(0, Ok(VcpuExit::InternalError { suberror: 1 })), Some(StopReason::Error(_))));
+        assert!(matches!(handle_exit(0, Ok(VcpuExit::InternalError { suberror: 1, rip: 0 })), Some(StopReason::Error(_))));
         let err = HvError::Vcpu {
             vcpu: 2,
             op: "KVM_RUN",

@@ -96,7 +96,8 @@ impl Vcpu for KvmVcpu {
                     // SAFETY: on KVM_EXIT_INTERNAL_ERROR the kernel filled the
                     // `internal` member of the exit union.
                     let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
-                    VcpuExit::InternalError { suberror }
+                    let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+                    VcpuExit::InternalError { suberror, rip }
                 }
                 KvmExit::Intr => VcpuExit::Interrupted,
                 other => VcpuExit::Unhandled(format!("{other:?}")),

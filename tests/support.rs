@@ -1,0 +1,244 @@
+//! Shared helpers for hutch's end-to-end tests: find the `hutch` binary,
+//! make sure the guest kernel is built, run guests on each engine this host
+//! supports, and record which engine each test really used.
+//!
+//! Every test prints a line `[e2e] <test>: <engine> ...` and appends it to
+//! `target/e2e-report.txt`; a test whose engine cannot run here prints
+//! `SKIPPED` with the reason, and is never counted as having tested it.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// An engine a test can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Qemu,
+    Native,
+}
+
+impl Engine {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Engine::Qemu => "qemu",
+            Engine::Native => "native",
+        }
+    }
+}
+
+/// `target/<profile>/hutch`, next to the test binary's `deps/` folder.
+pub fn hutch_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = dir.join("hutch");
+    assert!(bin.is_file(), "{} not built; run `cargo build -p hutch` first", bin.display());
+    bin
+}
+
+fn target_dir() -> PathBuf {
+    hutch_bin().parent().and_then(Path::parent).expect("target").to_path_buf()
+}
+
+/// What `hutch doctor` says about /dev/kvm (e.g. `pvm`, `kvm_intel`).
+pub fn kvm_kind() -> &'static str {
+    static KIND: OnceLock<String> = OnceLock::new();
+    KIND.get_or_init(|| {
+        let out = Command::new(hutch_bin()).arg("doctor").output().expect("hutch doctor");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix("kvm:"))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("none")
+            .to_string()
+    })
+}
+
+/// Why `engine` cannot run a full guest here, if it cannot.
+pub fn unavailable(engine: Engine) -> Option<String> {
+    match engine {
+        Engine::Native => match kvm_kind() {
+            "kvm_intel" | "kvm_amd" | "kvm" => None,
+            other => Some(format!("/dev/kvm is {other}: no guest user space on the native engine here")),
+        },
+        Engine::Qemu => {
+            let found = std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()))
+                .unwrap_or(false);
+            (!found).then(|| "qemu-system-x86_64 is not installed".to_string())
+        }
+    }
+}
+
+/// Builds the guest kernel once (a no-op when cached).
+pub fn kernel_ready() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let st = Command::new(hutch_bin())
+            .args(["kernel", "build"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("hutch kernel build");
+        assert!(st.success(), "hutch kernel build failed");
+    });
+}
+
+/// Records and prints which engine a test used.
+pub fn report(test: &str, what: &str) {
+    let line = format!("[e2e] {test}: {what}");
+    eprintln!("{line}");
+    let path = target_dir().join("e2e-report.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// Runs `body` on `engine`, or reports why it was skipped.
+pub fn on_engine(test: &str, engine: Engine, body: impl FnOnce(Engine)) {
+    if let Some(why) = unavailable(engine) {
+        report(test, &format!("{} SKIPPED ({why})", engine.flag()));
+        return;
+    }
+    kernel_ready();
+    let kind = match engine {
+        Engine::Qemu if kvm_kind().starts_with("kvm") => "qemu (kvm)",
+        Engine::Qemu => "qemu (tcg)",
+        Engine::Native => "native",
+    };
+    report(test, &format!("engine {kind}"));
+    body(engine);
+}
+
+/// The result of one `hutch` invocation.
+#[derive(Debug)]
+pub struct Output {
+    pub status: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// A `hutch` command with its own runtime directory, so leftovers are visible.
+pub struct Hutch {
+    pub cmd: Command,
+    pub runtime: tempfile::TempDir,
+}
+
+impl Hutch {
+    /// `hutch ARGS...` with `XDG_RUNTIME_DIR` pointing at a fresh directory.
+    pub fn new<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Self {
+        let runtime = tempfile::tempdir().expect("runtime dir");
+        let mut cmd = Command::new(hutch_bin());
+        cmd.args(args).env("XDG_RUNTIME_DIR", runtime.path());
+        Self { cmd, runtime }
+    }
+
+    /// Runs to completion with `stdin` (or /dev/null).
+    pub fn output(mut self, stdin: Option<&[u8]>) -> Output {
+        self.cmd
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self.cmd.spawn().expect("spawn hutch");
+        if let Some(data) = stdin {
+            let mut si = child.stdin.take().unwrap();
+            let data = data.to_vec();
+            std::thread::spawn(move || {
+                let _ = si.write_all(&data);
+            });
+        }
+        let out = child.wait_with_output().expect("wait hutch");
+        let o = Output {
+            status: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert_no_leftovers(self.runtime.path());
+        o
+    }
+}
+
+/// `hutch run --engine E --memory 512M --cpus 1 WS -- ARGV...`.
+pub fn run_args(engine: Engine, ws: &Path, argv: &[&OsStr]) -> Vec<OsString> {
+    let mut a: Vec<OsString> = ["run", "--engine", engine.flag(), "--memory", "512M", "--cpus", "1"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    a.push(ws.as_os_str().to_owned());
+    a.push("--".into());
+    a.extend(argv.iter().map(|s| s.to_os_string()));
+    a
+}
+
+/// Runs `argv` in a guest on `engine` with `ws` as the workspace.
+pub fn run(engine: Engine, ws: &Path, argv: &[&str], stdin: Option<&[u8]>) -> Output {
+    let argv: Vec<&OsStr> = argv.iter().map(OsStr::new).collect();
+    Hutch::new(run_args(engine, ws, &argv)).output(stdin)
+}
+
+/// No process mentions `runtime` in its command line and the directory is empty.
+pub fn assert_no_leftovers(runtime: &Path) {
+    let needle = runtime.to_string_lossy().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let procs = processes_mentioning(&needle);
+        let files: Vec<_> = std::fs::read_dir(runtime)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if procs.is_empty() && files.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: processes {procs:?}, files {files:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// PIDs whose command line contains `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| *pid != me)
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                        .unwrap_or(false)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A workspace directory under a path the guest can mount (not under /root).
+pub fn workspace() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("hutch-e2e-").tempdir_in("/tmp").expect("workspace")
+}
+
+/// Generates `mod NAME { fn qemu(); fn native(); }` running `body` on each engine.
+#[macro_export]
+macro_rules! per_engine {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn qemu() {
+                $crate::on_engine(concat!(stringify!($name), "::qemu"), $crate::Engine::Qemu, $body);
+            }
+            #[test]
+            fn native() {
+                $crate::on_engine(concat!(stringify!($name), "::native"), $crate::Engine::Native, $body);
+            }
+        }
+    };
+}
