@@ -24,6 +24,8 @@ pub enum StopReason {
 /// One boot-phase timestamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// A step of the VMM's own set-up (native engine), by name.
+    Vmm(&'static str),
     /// The first KVM_RUN of the boot vCPU.
     FirstRun,
     /// A milestone the guest wrote to the boot-timer port.
@@ -34,10 +36,28 @@ impl Phase {
     /// Name used in timing reports.
     pub fn name(self) -> &'static str {
         match self {
+            Phase::Vmm(step) => step,
             Phase::FirstRun => "first guest instruction (KVM_RUN)",
             Phase::Guest(m) => m.name(),
         }
     }
+}
+
+static EARLY: Mutex<Vec<(&'static str, Instant)>> = Mutex::new(Vec::new());
+
+/// Records a host-side start-up step (before any VM exists) for `--timings`.
+pub fn mark_early(step: &'static str) {
+    EARLY.lock().unwrap_or_else(|p| p.into_inner()).push((step, Instant::now()));
+}
+
+/// Start-up steps recorded with [`mark_early`], as offsets from `started`.
+pub fn early_marks(started: Instant) -> Vec<(Phase, Duration)> {
+    EARLY
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(s, at)| (Phase::Vmm(s), at.saturating_duration_since(started)))
+        .collect()
 }
 
 /// Shared between vCPU threads, device threads and the engine.
@@ -99,9 +119,13 @@ impl RunControl {
         }
     }
 
-    /// Phases reached so far, in order, as offsets from VMM start.
+    /// Phases reached so far (with the early start-up steps), in order, as
+    /// offsets from hutch's start.
     pub fn phases(&self) -> Vec<(Phase, Duration)> {
-        self.phases.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut all = early_marks(self.started);
+        all.extend(self.phases.lock().unwrap_or_else(|p| p.into_inner()).iter().copied());
+        all.sort_by_key(|p| p.1);
+        all
     }
 }
 

@@ -42,3 +42,21 @@ pub fn ensure_std_fds() {
         }
     }
 }
+
+static TRACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns on [`trace`] (kernel command line `hutch.trace=1`).
+pub fn enable_trace() {
+    TRACE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// With tracing on, logs `hutch-init: STEP` through `/dev/kmsg`, so the
+/// kernel's own timestamps show how long each of init's steps took (the
+/// qemu engine has no boot-timer port).
+pub fn trace(step: &str) {
+    if TRACE.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Ok(mut k) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+            let _ = k.write_all(format!("hutch-init: {step}\n").as_bytes());
+        }
+    }
+}

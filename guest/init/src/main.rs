@@ -46,6 +46,10 @@ fn boot() -> i32 {
         console::say(&e.to_string());
     }
     let cmdline = std::fs::read("/proc/cmdline").unwrap_or_default();
+    if cmdline.split(|b| b.is_ascii_whitespace()).any(|w| w == b"hutch.trace=1") {
+        console::enable_trace();
+    }
+    console::trace("kernel file systems mounted");
     if config::is_selftest(&cmdline) {
         console::say("selftest: init running");
         return 0;
@@ -69,10 +73,12 @@ fn run() -> i32 {
             return INIT_FAILED;
         }
     };
+    console::trace("serial line open");
     let sink = Arc::new(FrameSink::new(tty));
     // Ready marker: an empty Stdout frame says the tty is raw, so the host may
     // send stdin from now on (earlier bytes are lost or cooked by the kernel).
     let _ = sink.send(FrameKind::Stdout, &[]);
+    console::trace("ready frame sent");
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| serve(&sink, reader)));
     let status = match outcome {
         Ok(Ok(status)) => status,
@@ -100,14 +106,18 @@ fn report(sink: &FrameSink<File>, msg: &str) -> i32 {
 /// Everything after the channel is up. `Err` is a message for an Error frame.
 fn serve(sink: &Arc<FrameSink<File>>, tty_in: File) -> Result<i32, String> {
     let spec = config::load_spec(SPEC_PATH).map_err(|e| e.to_string())?;
+    console::trace("spec loaded");
     let warnings = rootfs::build(&spec).map_err(|e| e.to_string())?;
+    console::trace("root file system built");
     for w in warnings {
         console::say(&format!("warning: {w}"));
     }
     let _ = host::loopback_up();
     let _ = host::set_hostname("hutch");
+    console::trace("loopback up");
     let _ = mounts::remount_root_readonly();
     ports::milestone(Milestone::Mounted);
+    console::trace("mounted");
 
     let cwd = sys::path(&spec.cwd);
     if !cwd.is_dir() {
@@ -125,6 +135,7 @@ fn serve(sink: &Arc<FrameSink<File>>, tty_in: File) -> Result<i32, String> {
         }
     };
     ports::milestone(Milestone::CommandStart);
+    console::trace("command spawned");
     let pid = child.id() as libc::pid_t;
 
     let (done_tx, done_rx) = mpsc::channel();
@@ -153,6 +164,7 @@ fn serve(sink: &Arc<FrameSink<File>>, tty_in: File) -> Result<i32, String> {
     let _ = thread::Builder::new().spawn(move || pump::pump_input(tty_in, stdin));
 
     let status = spawn::reap_until(pid).map_err(|e| format!("waitpid for the command: {e}"))?;
+    console::trace("command exited");
     spawn::kill_leftovers(pid);
     let deadline = Instant::now() + PUMP_GRACE;
     for _ in 0..pumps {
@@ -162,5 +174,6 @@ fn serve(sink: &Arc<FrameSink<File>>, tty_in: File) -> Result<i32, String> {
         }
     }
     ports::milestone(Milestone::CommandExit);
+    console::trace("output drained");
     Ok(status)
 }

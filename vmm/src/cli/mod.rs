@@ -1,5 +1,6 @@
 //! The command line: `hutch run | kernel | doctor | selftest`.
 
+pub mod bench;
 pub mod doctor;
 pub mod kernel;
 pub mod run;
@@ -32,6 +33,19 @@ pub enum Command {
     Doctor,
     /// Boot a guest whose root the kernel mounts itself through hutch's virtio-fs, and report each milestone.
     Selftest(SelftestArgs),
+    /// Benchmark probe: boot the native VM, stop after --guest-ms, print start-up time and VMM RSS.
+    #[command(hide = true)]
+    BenchBoot(BenchBootArgs),
+}
+
+/// `hutch bench-boot`.
+#[derive(Debug, Args)]
+pub struct BenchBootArgs {
+    /// Milliseconds to let the guest run before stopping it.
+    #[arg(long, default_value_t = 0)]
+    pub guest_ms: u64,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// `hutch run`.
@@ -108,6 +122,7 @@ pub fn dispatch(cli: Cli, started: std::time::Instant) -> i32 {
         Command::Kernel(k) => kernel::main(k),
         Command::Doctor => doctor::main(),
         Command::Selftest(a) => selftest::main(a, started),
+        Command::BenchBoot(a) => bench::main(a, started),
     }
 }
 

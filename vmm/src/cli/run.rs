@@ -98,6 +98,29 @@ pub fn guest_cwd(ws: &Path) -> PathBuf {
 }
 
 fn run(args: RunArgs, started: Instant) -> Result<i32, String> {
+    // Check the cheap things first, before any engine or kernel work.
+    workspace(args.workspace.as_deref())?;
+    let kvm = detect::HostFacts::probe().kind();
+    let (engine, notice) = engine::resolve(args.engine, kvm, detect::find_qemu().is_some())?;
+    let vm = vm_spec(&args, engine, started)?;
+    if let Some(n) = notice {
+        eprintln!("{n}");
+    }
+    let outcome = match engine {
+        Resolved::Native => engine::native::run(vm),
+        Resolved::Qemu { kvm } => engine::qemu::run(vm, kvm),
+    }
+    .map_err(|e| e.to_string())?;
+    if args.timings {
+        print_timings(&outcome, engine, started);
+    }
+    exit_status(&outcome)
+}
+
+/// Everything `run` boots, from the command line: workspace, sizes, command,
+/// environment, kernel and the two shares.
+pub fn vm_spec(args: &RunArgs, engine: Resolved, started: Instant) -> Result<VmSpec, String> {
+    crate::control::mark_early("command line parsed");
     let ws = workspace(args.workspace.as_deref())?;
     let memory = match &args.memory {
         Some(m) => size::check_memory(m, size::host_memory()).map_err(|e| e.to_string())?,
@@ -113,12 +136,6 @@ fn run(args: RunArgs, started: Instant) -> Result<i32, String> {
         args.cmd.iter().map(|a| a.as_bytes().to_vec()).collect()
     };
     let env = guest_env(&args.env)?;
-
-    let kvm = detect::HostFacts::probe().kind();
-    let (engine, notice) = engine::resolve(args.engine, kvm, detect::find_qemu().is_some())?;
-    if let Some(n) = notice {
-        eprintln!("{n}");
-    }
     let kernel = match &args.kernel {
         Some(k) if k.is_file() => k.clone(),
         Some(k) => return Err(format!("kernel {}: no such file", k.display())),
@@ -130,7 +147,7 @@ fn run(args: RunArgs, started: Instant) -> Result<i32, String> {
             }
         }
     };
-
+    crate::control::mark_early("kernel located");
     let spec = RunSpec {
         argv,
         env,
@@ -144,12 +161,14 @@ fn run(args: RunArgs, started: Instant) -> Result<i32, String> {
         cmdline.push(' ');
         cmdline.push_str(a);
     }
-    let vm = VmSpec {
+    let initrd = engine::initramfs::build(crate::guest_init::INIT, &spec);
+    crate::control::mark_early("initramfs built");
+    Ok(VmSpec {
         memory,
         cpus,
         kernel,
         cmdline,
-        initrd: Some(engine::initramfs::build(crate::guest_init::INIT, &spec)),
+        initrd: Some(initrd),
         shares: vec![
             ShareConfig {
                 tag: ROOT_TAG.into(),
@@ -168,16 +187,8 @@ fn run(args: RunArgs, started: Instant) -> Result<i32, String> {
         on_console_line: None,
         forward_stdin: true,
         prefer_pvh: true,
-    };
-    let outcome = match engine {
-        Resolved::Native => engine::native::run(vm),
-        Resolved::Qemu { kvm } => engine::qemu::run(vm, kvm),
-    }
-    .map_err(|e| e.to_string())?;
-    if args.timings {
-        print_timings(&outcome, engine, started);
-    }
-    exit_status(&outcome)
+        measure_rss: false,
+    })
 }
 
 fn print_timings(o: &VmOutcome, engine: Resolved, started: Instant) {
@@ -224,6 +235,7 @@ mod tests {
             console_tail: "Kernel panic - not syncing: x".into(),
             panicked,
             phases: vec![],
+            vmm_rss_kib: None,
         }
     }
 

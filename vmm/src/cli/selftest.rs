@@ -162,6 +162,7 @@ fn run(args: SelftestArgs, started: Instant) -> Result<bool, String> {
         on_console_line: Some(observe),
         forward_stdin: false,
         prefer_pvh: true,
+        measure_rss: false,
     };
     let outcome = match engine {
         Resolved::Native => engine::native::run(spec),

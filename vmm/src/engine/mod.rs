@@ -55,7 +55,7 @@ pub struct VmSpec {
     /// Kernel command line, without the engine's device entries.
     pub cmdline: String,
     /// The initramfs, if any.
-    pub initrd: Option<Vec<u8>>,
+    pub initrd: Option<initramfs::Initramfs>,
     /// virtio-fs shares, in device order.
     pub shares: Vec<ShareConfig>,
     /// Copy kernel console text to stderr.
@@ -71,6 +71,8 @@ pub struct VmSpec {
     /// Enter an ELF kernel through its PVH entry when it has one (native
     /// engine); otherwise through the 64-bit Linux boot protocol.
     pub prefer_pvh: bool,
+    /// Measure the VMM's own resident memory before teardown (native).
+    pub measure_rss: bool,
 }
 
 /// What a console-line observer wants next.
@@ -93,6 +95,9 @@ pub struct VmOutcome {
     pub panicked: bool,
     /// Boot phases with their offsets from hutch's start.
     pub phases: Vec<(Phase, Duration)>,
+    /// The VMM's resident memory outside guest RAM, (total, anonymous) KiB,
+    /// when [`VmSpec::measure_rss`] was set.
+    pub vmm_rss_kib: Option<(u64, u64)>,
 }
 
 /// Errors of either engine, naming the file, device or process involved.

@@ -114,7 +114,7 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     let initrd_path = match spec.initrd.take() {
         Some(data) => {
             let p = rt.0.join("initrd.cpio");
-            std::fs::write(&p, data).map_err(|source| EngineError::Io {
+            std::fs::write(&p, data.to_vec()).map_err(|source| EngineError::Io {
                 what: format!("writing {}", p.display()),
                 source,
             })?;
@@ -260,6 +260,7 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
         console_tail: console.console_tail(30),
         panicked: console.saw_panic(),
         phases: Vec::new(),
+        vmm_rss_kib: None,
     })
 }
 
@@ -286,6 +287,7 @@ mod tests {
             on_console_line: None,
             forward_stdin: false,
             prefer_pvh: true,
+            measure_rss: false,
         }
     }
 

@@ -100,35 +100,24 @@ pub fn recipe_hash() -> String {
     h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Version of the source: the Debian package version, else the tarball's size and mtime.
+/// Identity of the source tarball: its size and modification time (a new
+/// `linux-source-6.1` package changes both). Read with one `stat`, so a
+/// cache lookup costs no process start.
 pub fn source_version(tarball: &Path) -> Result<String, KernelError> {
-    let meta = std::fs::metadata(tarball).map_err(|_| KernelError::NoSource(tarball.to_path_buf()))?;
-    if tarball == Path::new(DEFAULT_TARBALL) {
-        if let Ok(out) = Command::new("dpkg-query")
-            .args(["-W", "-f=${Version}", SOURCE_PACKAGE])
-            .output()
-        {
-            let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if out.status.success() && !v.is_empty() {
-                return Ok(sanitize(&v));
-            }
-        }
-    }
     use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(tarball).map_err(|_| KernelError::NoSource(tarball.to_path_buf()))?;
     Ok(format!("{}-{}", meta.size(), meta.mtime()))
-}
-
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
-        .collect()
 }
 
 /// Where the kernel for the current source and recipe lives (built or not).
 pub fn cache_dir() -> Result<PathBuf, KernelError> {
     let tarball = source_tarball();
     let version = source_version(&tarball)?;
-    Ok(cache_root().join("kernel").join(format!("{version}-{}", recipe_hash())))
+    let mut h = Sha256::new();
+    h.update(version.as_bytes());
+    h.update(recipe_hash().as_bytes());
+    let key: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Ok(cache_root().join("kernel").join(format!("linux-6.1-{key}")))
 }
 
 /// The cached kernel, if it was built.
@@ -232,8 +221,4 @@ mod tests {
         assert!(e.to_string().contains("apt-get install -y linux-source-6.1"), "{e}");
     }
 
-    #[test]
-    fn versions_are_path_safe() {
-        assert_eq!(sanitize("6.1.158-1+deb12u1"), "6.1.158-1_deb12u1");
-    }
 }

@@ -48,6 +48,11 @@ pub fn load(mem: &GuestMemoryMmap, spec: &VmSpec) -> Result<Entry, EngineError> 
     };
     let elf = is_elf(path).map_err(kerr)?;
     let mut file = File::open(path).map_err(kerr)?;
+    if elf {
+        if let Some(entry) = try_map_elf(mem, spec, &file).map_err(kerr)? {
+            return Ok(entry);
+        }
+    }
     let himem = Some(GuestAddress(layout::HIMEM_START));
     let (result, setup_header) = if elf {
         let r = Elf::load(mem, None, &mut file, himem).map_err(ferr)?;
@@ -58,6 +63,61 @@ pub fn load(mem: &GuestMemoryMmap, spec: &VmSpec) -> Result<Entry, EngineError> 
         (r, h)
     };
 
+    let initrd = write_cmdline_and_initrd(mem, spec, result.kernel_end)?;
+    mptable::write(mem, spec.cpus)?;
+    let entry = match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) if elf && spec.prefer_pvh => pvh_entry(mem, spec, addr.0, initrd)?,
+        _ => {
+            let entry = if elf {
+                result.kernel_load.0
+            } else {
+                result.kernel_load.0 + BZIMAGE_64BIT_ENTRY
+            };
+            linux64_entry(mem, spec, entry, setup_header, initrd)?
+        }
+    };
+    Ok(entry)
+}
+
+/// The zero-copy path for an ELF kernel (see `elf_map`); `None` when the
+/// image does not allow it.
+fn try_map_elf(mem: &GuestMemoryMmap, spec: &VmSpec, file: &File) -> std::io::Result<Option<Entry>> {
+    let Some(info) = super::elf_map::parse_file(file) else { return Ok(None) };
+    if !super::elf_map::mappable(&info, mem) {
+        return Ok(None);
+    }
+    super::elf_map::map(file, &info, mem)?;
+    let initrd = write_cmdline_and_initrd(mem, spec, info.end).map_err(std::io::Error::other)?;
+    mptable::write(mem, spec.cpus).map_err(std::io::Error::other)?;
+    let entry = match info.pvh_entry {
+        Some(pvh) if spec.prefer_pvh => pvh_entry(mem, spec, pvh, initrd),
+        _ => linux64_entry(mem, spec, info.entry, None, initrd),
+    }
+    .map_err(std::io::Error::other)?;
+    Ok(Some(entry))
+}
+
+fn pvh_entry(mem: &GuestMemoryMmap, spec: &VmSpec, entry: u64, initrd: Option<Initrd>) -> Result<Entry, EngineError> {
+    gdt::write(mem, &gdt::GDT_32)?;
+    let start_info = pvh::write(mem, spec.memory, initrd)?;
+    Ok(Entry::Pvh { entry, start_info })
+}
+
+fn linux64_entry(
+    mem: &GuestMemoryMmap,
+    spec: &VmSpec,
+    entry: u64,
+    setup_header: Option<linux_loader::loader::bootparam::setup_header>,
+    initrd: Option<Initrd>,
+) -> Result<Entry, EngineError> {
+    gdt::write(mem, &gdt::GDT_64)?;
+    let cr3 = paging::write(mem)?;
+    let params = zero_page::build(setup_header, spec.memory, cmdline(spec).len(), initrd);
+    zero_page::write(mem, &params)?;
+    Ok(Entry::Linux64 { entry, cr3 })
+}
+
+fn write_cmdline_and_initrd(mem: &GuestMemoryMmap, spec: &VmSpec, kernel_end: u64) -> Result<Option<Initrd>, EngineError> {
     let cmd = cmdline(spec);
     if cmd.len() + 1 > layout::CMDLINE_MAX {
         return Err(ArchError::CmdlineTooLong {
@@ -72,39 +132,19 @@ pub fn load(mem: &GuestMemoryMmap, spec: &VmSpec) -> Result<Entry, EngineError> 
         .map_err(crate::arch::x86_64::write_err("command line", GuestAddress(layout::CMDLINE_ADDR)))
         .map_err(EngineError::Arch)?;
 
-    let initrd = match &spec.initrd {
-        Some(data) => Some(place_initrd(mem, data, spec.memory, result.kernel_end)?),
-        None => None,
-    };
-
-    mptable::write(mem, spec.cpus)?;
-    let entry = match result.pvh_boot_cap {
-        PvhBootCapability::PvhEntryPresent(addr) if elf && spec.prefer_pvh => {
-            gdt::write(mem, &gdt::GDT_32)?;
-            let start_info = pvh::write(mem, spec.memory, initrd)?;
-            Entry::Pvh {
-                entry: addr.0,
-                start_info,
-            }
-        }
-        _ => {
-            gdt::write(mem, &gdt::GDT_64)?;
-            let cr3 = paging::write(mem)?;
-            let params = zero_page::build(setup_header, spec.memory, cmd.len(), initrd);
-            zero_page::write(mem, &params)?;
-            let entry = if elf {
-                result.kernel_load.0
-            } else {
-                result.kernel_load.0 + BZIMAGE_64BIT_ENTRY
-            };
-            Entry::Linux64 { entry, cr3 }
-        }
-    };
-    Ok(entry)
+    match &spec.initrd {
+        Some(data) => Ok(Some(place_initrd(mem, data, spec.memory, kernel_end)?)),
+        None => Ok(None),
+    }
 }
 
 /// Puts the initramfs at the top of low RAM, page aligned, above the kernel.
-fn place_initrd(mem: &GuestMemoryMmap, data: &[u8], mem_size: u64, kernel_end: u64) -> Result<Initrd, EngineError> {
+fn place_initrd(
+    mem: &GuestMemoryMmap,
+    data: &crate::engine::initramfs::Initramfs,
+    mem_size: u64,
+    kernel_end: u64,
+) -> Result<Initrd, EngineError> {
     let limit = layout::low_ram_end(mem_size);
     let size = data.len() as u64;
     let too_large = ArchError::InitrdTooLarge { size, limit };
@@ -112,8 +152,29 @@ fn place_initrd(mem: &GuestMemoryMmap, data: &[u8], mem_size: u64, kernel_end: u
     if addr < kernel_end {
         return Err(ArchError::InitrdTooLarge { size, limit }.into());
     }
-    mem.write_slice(data, GuestAddress(addr))
-        .map_err(crate::arch::x86_64::write_err("initramfs", GuestAddress(addr)))
-        .map_err(EngineError::Arch)?;
+    let werr = |at: u64| move |e| EngineError::Arch(crate::arch::x86_64::write_err("initramfs", GuestAddress(at))(e));
+    mem.write_slice(&data.head, GuestAddress(addr)).map_err(werr(addr))?;
+    let init_at = addr + data.head.len() as u64;
+    // Map init's pages from hutch's own file when it is page aligned there
+    // and in the archive; copy otherwise.
+    let mapped = data.init.as_ptr() == crate::guest_init::INIT.as_ptr()
+        && crate::guest_init::file_location()
+            .and_then(|(f, off)| super::elf_map::map_file(mem, init_at, &f, off, data.init.len() as u64).ok())
+            .is_some();
+    if !mapped {
+        mem.write_slice(data.init, GuestAddress(init_at)).map_err(werr(init_at))?;
+        crate::guest_init::release_pages();
+    }
+    let tail_at = init_at + data.init.len() as u64;
+    // The tail, then zeros to the end of its page (a mapped last page holds
+    // whatever followed init in the file).
+    let page_end = (tail_at + data.tail.len() as u64).next_multiple_of(4096);
+    let mut tail = data.tail.clone();
+    tail.resize((page_end - tail_at) as usize, 0);
+    if page_end <= limit {
+        mem.write_slice(&tail, GuestAddress(tail_at)).map_err(werr(tail_at))?;
+    } else {
+        mem.write_slice(&data.tail, GuestAddress(tail_at)).map_err(werr(tail_at))?;
+    }
     Ok(Initrd { addr, size })
 }

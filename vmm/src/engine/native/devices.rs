@@ -68,6 +68,7 @@ pub fn build<V: Vm>(
         let base = layout::virtio_mmio_addr(i);
         let gsi = layout::VIRTIO_FIRST_IRQ + i as u32;
         let dev: Arc<dyn VirtioDevice> = Arc::new(FsDevice::new(share)?);
+        crate::control::mark_early("virtio-fs share opened");
         let irq = efd(&format!("{} interrupt", dev.name()))?;
         vm.register_irqfd(&irq, gsi)?;
         let transport = MmioTransport::new(dev, mem.clone(), irq)?;

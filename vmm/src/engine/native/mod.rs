@@ -6,6 +6,8 @@
 
 mod boot;
 mod devices;
+pub mod elf_map;
+pub mod rss;
 pub mod vcpu;
 
 use std::io::Write;
@@ -17,7 +19,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use super::console::HostConsole;
 use super::{EngineError, VmOutcome, VmSpec};
 use crate::arch::x86_64::layout;
-use crate::control::{RunControl, StopReason};
+use crate::control::{Phase, RunControl, StopReason};
 use crate::hypervisor::kvm::KvmHypervisor;
 use crate::hypervisor::x86_64::VmX86_64;
 use crate::hypervisor::Hypervisor;
@@ -34,11 +36,16 @@ pub fn run(mut spec: VmSpec) -> Result<VmOutcome, EngineError> {
         reason: e.to_string(),
     })?;
 
+    ctl.mark(Phase::Vmm("guest memory mapped"));
     let hv = KvmHypervisor::new()?;
     let vm = Arc::new(hv.create_vm(&mem)?);
     vm.setup_irqchip()?;
+    ctl.mark(Phase::Vmm("VM and irqchip created"));
 
     let entry = boot::load(&mem, &spec)?;
+    // The initramfs now lives in guest memory; free the host copy.
+    spec.initrd = None;
+    ctl.mark(Phase::Vmm("kernel, initramfs and boot structures loaded"));
     let shares = std::mem::take(&mut spec.shares);
 
     let mut console = HostConsole::new(std::io::stdout(), std::io::stderr(), spec.echo_console);
@@ -51,12 +58,20 @@ pub fn run(mut spec: VmSpec) -> Result<VmOutcome, EngineError> {
     let console = Arc::new(Mutex::new(console));
     let devs = devices::build(vm.as_ref(), &mem, shares, ctl.clone(), console.clone())?;
 
+    ctl.mark(Phase::Vmm("devices created"));
     let vcpus = vcpu::create_all(vm.as_ref(), spec.cpus, entry)?;
+    ctl.mark(Phase::Vmm("vCPUs configured"));
     if let Some(limit) = spec.time_limit {
         watchdog(ctl.clone(), limit);
     }
     devs.forward_stdin(ctl.clone(), gate, spec.forward_stdin);
     vcpu::run_all(vcpus, devs.buses.clone(), ctl.clone());
+    let vmm_rss_kib = spec.measure_rss.then(|| rss::vmm_rss_kib(&mem)).flatten();
+    if spec.measure_rss && std::env::var_os("HUTCH_BENCH_VERBOSE").is_some() {
+        for (kib, m) in rss::top_mappings(&mem, 12) {
+            eprintln!("  {kib:>6} KiB  {m}");
+        }
+    }
     drop(devs);
 
     let _ = std::io::stdout().flush();
@@ -67,6 +82,7 @@ pub fn run(mut spec: VmSpec) -> Result<VmOutcome, EngineError> {
         console_tail: c.console_tail(30),
         panicked: c.saw_panic(),
         phases: ctl.phases(),
+        vmm_rss_kib,
     })
 }
 

@@ -43,12 +43,10 @@ pub fn handle_exit(id: u8, exit: Result<VcpuExit, HvError>) -> Option<StopReason
 
 /// Runs one vCPU until a stop is requested or its exit stops the VM.
 pub fn run_loop<V: Vcpu>(vcpu: &mut V, io: &Buses, ctl: &RunControl) {
-    let mut first = true;
+    if vcpu.id() == 0 {
+        ctl.mark(Phase::FirstRun);
+    }
     while !ctl.should_stop() {
-        if first && vcpu.id() == 0 {
-            ctl.mark(Phase::FirstRun);
-        }
-        first = false;
         if let Some(reason) = handle_exit(vcpu.id(), vcpu.run(io)) {
             ctl.request_stop(reason);
         }
