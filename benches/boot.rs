@@ -28,9 +28,20 @@ fn field(line: &str, key: &str) -> Option<f64> {
 }
 
 fn probe(hutch: &Path, ws: &Path, guest_ms: u64) -> Result<String, String> {
-    let t0 = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?.as_nanos();
+    let t0 = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_nanos();
     let out = Command::new(hutch)
-        .args(["bench-boot", "--guest-ms", &guest_ms.to_string(), "--memory", "512M", "--cpus", "1"])
+        .args([
+            "bench-boot",
+            "--guest-ms",
+            &guest_ms.to_string(),
+            "--memory",
+            "512M",
+            "--cpus",
+            "1",
+        ])
         .arg(ws)
         .args(["--", "true"])
         .env("HUTCH_T0_NS", t0.to_string())
@@ -61,9 +72,15 @@ fn trivial_init(dir: &Path) -> Result<PathBuf, String> {
     if !st.success() {
         return Err("cc failed building the trivial init".into());
     }
-    let init: &'static [u8] = Box::leak(std::fs::read(&bin).map_err(|e| e.to_string())?.into_boxed_slice());
+    let init: &'static [u8] = Box::leak(
+        std::fs::read(&bin)
+            .map_err(|e| e.to_string())?
+            .into_boxed_slice(),
+    );
     let mut w = CpioWriter::new();
-    w.dir("dev", 0o755).char_dev("dev/console", 0o600, 5, 1).file("init", 0o755, init);
+    w.dir("dev", 0o755)
+        .char_dev("dev/console", 0o600, 5, 1)
+        .file("init", 0o755, init);
     let cpio = dir.join("trivial.cpio");
     std::fs::write(&cpio, w.finish()).map_err(|e| e.to_string())?;
     Ok(cpio)
@@ -71,34 +88,63 @@ fn trivial_init(dir: &Path) -> Result<PathBuf, String> {
 
 fn time_it(cmd: &mut Command) -> Result<f64, String> {
     let t = Instant::now();
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     if !out.status.success() {
-        return Err(format!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "{:?} failed: {}",
+            cmd,
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     Ok(ms)
 }
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
-    let hutch = PathBuf::from(args.get(1).ok_or("usage: hutch-bench-boot PATH/TO/hutch [RUNS]")?);
+    let hutch = PathBuf::from(
+        args.get(1)
+            .ok_or("usage: hutch-bench-boot PATH/TO/hutch [RUNS]")?,
+    );
     let runs: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(21);
     let tmp = std::env::temp_dir().join(format!("hutch-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
     let ws = tmp.join("ws");
     std::fs::create_dir_all(&ws).map_err(|e| e.to_string())?;
-    let kdir = Command::new(&hutch).args(["kernel", "path"]).output().map_err(|e| e.to_string())?;
+    let kdir = Command::new(&hutch)
+        .args(["kernel", "path"])
+        .output()
+        .map_err(|e| e.to_string())?;
     let kdir = PathBuf::from(String::from_utf8_lossy(&kdir.stdout).trim());
     if !kdir.join("bzImage").is_file() {
         return Err("no kernel: run `hutch kernel build` first".into());
     }
     let host = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let doctor = Command::new(&hutch).arg("doctor").output().map_err(|e| e.to_string())?;
-    let kvm = String::from_utf8_lossy(&doctor.stdout).lines().next().unwrap_or("").to_string();
-    println!("host: {host}; {} CPUs; {kvm}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    let doctor = Command::new(&hutch)
+        .arg("doctor")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let kvm = String::from_utf8_lossy(&doctor.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    println!(
+        "host: {host}; {} CPUs; {kvm}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
 
     // 1 + 2: native start-up and memory.
     let mut first = Vec::new();
@@ -128,8 +174,32 @@ fn main() -> Result<(), String> {
         rss_mib / 5.0
     );
 
+    // Where real KVM runs guests: the whole `hutch run -- true`, natively.
+    if kvm.contains("kvm_intel") || kvm.contains("kvm_amd") {
+        let mut t = Vec::new();
+        for _ in 0..runs {
+            t.push(time_it(
+                Command::new(&hutch)
+                    .args([
+                        "run", "--engine", "native", "--memory", "512M", "--cpus", "1",
+                    ])
+                    .arg(&ws)
+                    .args(["--", "true"]),
+            )?);
+        }
+        println!(
+            "| native: `hutch run -- true` end to end (median of {runs}) | {:.1} ms | Firecracker: <= 125 ms to init | {:.2}x | - |",
+            median(t.clone()),
+            median(t) / 125.0
+        );
+    }
+
     // 3: qemu engine against plain qemu, interleaved.
-    let qemu = hutch::engine::detect::find_qemu().ok_or("no qemu-system-x86_64")?;
+    let Some(qemu) = hutch::engine::detect::find_qemu() else {
+        println!("| qemu engine | skipped: no qemu-system-x86_64 on this host | | | |");
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(());
+    };
     let cpio = trivial_init(&tmp)?;
     let bz = kdir.join("bzImage");
     let qruns = runs.min(11);
@@ -143,13 +213,34 @@ fn main() -> Result<(), String> {
         )?);
         q.push(time_it(
             Command::new(&qemu)
-                .args(["-M", "microvm,acpi=off", "-m", "512M", "-smp", "1", "-accel", "tcg", "-cpu", "max"])
-                .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
+                .args([
+                    "-M",
+                    "microvm,acpi=off",
+                    "-m",
+                    "512M",
+                    "-smp",
+                    "1",
+                    "-accel",
+                    "tcg",
+                    "-cpu",
+                    "max",
+                ])
+                .args([
+                    "-nodefaults",
+                    "-no-user-config",
+                    "-nographic",
+                    "-no-reboot",
+                    "-serial",
+                    "stdio",
+                ])
                 .arg("-kernel")
                 .arg(&bz)
                 .arg("-initrd")
                 .arg(&cpio)
-                .args(["-append", "console=ttyS0 reboot=t panic=-1 rdinit=/init loglevel=1"]),
+                .args([
+                    "-append",
+                    "console=ttyS0 reboot=t panic=-1 rdinit=/init loglevel=1",
+                ]),
         )?);
     }
     let (hm, qm) = (median(h), median(q));

@@ -13,14 +13,26 @@ fn fails_with(args: &[&str], env: &[(&str, &str)], needle: &str) {
     }
     let o = h.output(None);
     assert_eq!(o.status, 125, "hutch {args:?}: stderr {}", o.stderr);
-    assert!(o.stderr.contains(needle), "hutch {args:?}: expected {needle:?} in {:?}", o.stderr);
+    assert!(
+        o.stderr.contains(needle),
+        "hutch {args:?}: expected {needle:?} in {:?}",
+        o.stderr
+    );
 }
 
 #[test]
 fn workspace_that_does_not_exist_or_is_not_a_directory() {
-    fails_with(&["run", "/nonexistent/hutch-ws", "--", "true"], &[], "/nonexistent/hutch-ws");
+    fails_with(
+        &["run", "/nonexistent/hutch-ws", "--", "true"],
+        &[],
+        "/nonexistent/hutch-ws",
+    );
     let f = tempfile::NamedTempFile::new().unwrap();
-    fails_with(&["run", f.path().to_str().unwrap(), "--", "true"], &[], "not a directory");
+    fails_with(
+        &["run", f.path().to_str().unwrap(), "--", "true"],
+        &[],
+        "not a directory",
+    );
 }
 
 #[test]
@@ -45,24 +57,48 @@ fn workspace_that_cannot_be_read() {
     }
     let o = h.output(None);
     assert_eq!(o.status, 125, "{}", o.stderr);
-    assert!(o.stderr.contains("locked") && o.stderr.contains("ermission denied"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("locked") && o.stderr.contains("ermission denied"),
+        "{}",
+        o.stderr
+    );
 }
 
 #[test]
 fn memory_sizes() {
     let ws = hutch_e2e::workspace();
     let w = ws.path().to_str().unwrap();
-    fails_with(&["run", "--memory", "0", w, "--", "true"], &[], "below the minimum");
-    fails_with(&["run", "--memory", "lots", w, "--", "true"], &[], "not a size");
-    fails_with(&["run", "--memory", "64T", w, "--", "true"], &[], "more than this host");
+    fails_with(
+        &["run", "--memory", "0", w, "--", "true"],
+        &[],
+        "below the minimum",
+    );
+    fails_with(
+        &["run", "--memory", "lots", w, "--", "true"],
+        &[],
+        "not a size",
+    );
+    fails_with(
+        &["run", "--memory", "64T", w, "--", "true"],
+        &[],
+        "more than this host",
+    );
 }
 
 #[test]
 fn cpu_counts() {
     let ws = hutch_e2e::workspace();
     let w = ws.path().to_str().unwrap();
-    fails_with(&["run", "--cpus", "0", w, "--", "true"], &[], "at least one CPU");
-    fails_with(&["run", "--cpus", "999", w, "--", "true"], &[], "--cpus 999");
+    fails_with(
+        &["run", "--cpus", "0", w, "--", "true"],
+        &[],
+        "at least one CPU",
+    );
+    fails_with(
+        &["run", "--cpus", "999", w, "--", "true"],
+        &[],
+        "--cpus 999",
+    );
 }
 
 #[test]
@@ -70,7 +106,16 @@ fn no_kernel() {
     let ws = hutch_e2e::workspace();
     let w = ws.path().to_str().unwrap();
     fails_with(
-        &["run", "--engine", "qemu", "--kernel", "/nonexistent/vmlinux", w, "--", "true"],
+        &[
+            "run",
+            "--engine",
+            "qemu",
+            "--kernel",
+            "/nonexistent/vmlinux",
+            w,
+            "--",
+            "true",
+        ],
         &[],
         "/nonexistent/vmlinux",
     );
@@ -90,7 +135,14 @@ fn no_kernel() {
 fn no_qemu() {
     let ws = hutch_e2e::workspace();
     fails_with(
-        &["run", "--engine", "qemu", ws.path().to_str().unwrap(), "--", "true"],
+        &[
+            "run",
+            "--engine",
+            "qemu",
+            ws.path().to_str().unwrap(),
+            "--",
+            "true",
+        ],
         &[("HUTCH_QEMU", "/nonexistent/qemu-system-x86_64")],
         "qemu-system-x86",
     );
@@ -121,7 +173,11 @@ fn kernel_that_panics() {
     .output(None);
     assert_eq!(o.status, 125, "{}", o.stderr);
     assert!(o.stderr.contains("panicked"), "{}", o.stderr);
-    assert!(o.stderr.contains("Kernel panic"), "the panic message is shown: {}", o.stderr);
+    assert!(
+        o.stderr.contains("Kernel panic"),
+        "the panic message is shown: {}",
+        o.stderr
+    );
 }
 
 #[test]
@@ -133,7 +189,10 @@ fn hutch_killed_mid_run_leaves_nothing_behind() {
     hutch_e2e::kernel_ready();
     report("bad_input::killed_mid_run", "engine qemu");
     let ws = hutch_e2e::workspace();
-    let argv: Vec<&std::ffi::OsStr> = ["sh", "-c", "echo started; sleep 600"].iter().map(std::ffi::OsStr::new).collect();
+    let argv: Vec<&std::ffi::OsStr> = ["sh", "-c", "echo started; sleep 600"]
+        .iter()
+        .map(std::ffi::OsStr::new)
+        .collect();
     let mut h = Hutch::new(run_args(Engine::Qemu, ws.path(), &argv));
     let mut child = h
         .cmd
@@ -143,7 +202,9 @@ fn hutch_killed_mid_run_leaves_nothing_behind() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert_eq!(line, "started\n");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -152,9 +213,14 @@ fn hutch_killed_mid_run_leaves_nothing_behind() {
     let qemus: Vec<u32> = hutch_e2e::processes_mentioning("qemu-system-x86_64")
         .into_iter()
         .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/cwd")).ok().as_deref() == Some(ws.path())
+            std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .ok()
+                .as_deref()
+                == Some(ws.path())
                 || std::fs::read(format!("/proc/{pid}/environ"))
-                    .map(|e| String::from_utf8_lossy(&e).contains(&*h.runtime.path().to_string_lossy()))
+                    .map(|e| {
+                        String::from_utf8_lossy(&e).contains(&*h.runtime.path().to_string_lossy())
+                    })
                     .unwrap_or(false)
         })
         .collect();

@@ -8,17 +8,31 @@ use hutch_e2e::{kernel_ready, kvm_kind, report, Hutch};
 #[test]
 fn selftest_reaches_the_virtio_fs_root_milestone() {
     if kvm_kind() == "none" {
-        report("native_engine::selftest", "native SKIPPED (/dev/kvm is not usable)");
+        report(
+            "native_engine::selftest",
+            "native SKIPPED (/dev/kvm is not usable)",
+        );
         return;
     }
     kernel_ready();
-    report("native_engine::selftest", &format!("engine native on {}", kvm_kind()));
+    report(
+        "native_engine::selftest",
+        &format!("engine native on {}", kvm_kind()),
+    );
     let o = Hutch::new(["selftest", "--engine", "native", "--time-limit", "400"]).output(None);
     let out = o.stdout_str();
     eprintln!("{out}");
     assert_eq!(o.status, 0, "selftest failed:\n{out}\n{}", o.stderr);
-    for m in ["kernel banner on serial", "virtio-mmio devices probed", "virtio-fs root mounted", "/init executed from the share"] {
-        assert!(out.contains(&format!("reached: {m}")), "missing milestone {m}:\n{out}");
+    for m in [
+        "kernel banner on serial",
+        "virtio-mmio devices probed",
+        "virtio-fs root mounted",
+        "/init executed from the share",
+    ] {
+        assert!(
+            out.contains(&format!("reached: {m}")),
+            "missing milestone {m}:\n{out}"
+        );
     }
     if kvm_kind() != "pvm" {
         assert!(out.contains("reached: init running in user space"), "{out}");

@@ -31,21 +31,35 @@ impl Engine {
 /// `target/<profile>/hutch`, next to the test binary's `deps/` folder.
 pub fn hutch_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = dir.join("hutch");
-    assert!(bin.is_file(), "{} not built; run `cargo build -p hutch` first", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} not built; run `cargo build -p hutch` first",
+        bin.display()
+    );
     bin
 }
 
 fn target_dir() -> PathBuf {
-    hutch_bin().parent().and_then(Path::parent).expect("target").to_path_buf()
+    hutch_bin()
+        .parent()
+        .and_then(Path::parent)
+        .expect("target")
+        .to_path_buf()
 }
 
 /// What `hutch doctor` says about /dev/kvm (e.g. `pvm`, `kvm_intel`).
 pub fn kvm_kind() -> &'static str {
     static KIND: OnceLock<String> = OnceLock::new();
     KIND.get_or_init(|| {
-        let out = Command::new(hutch_bin()).arg("doctor").output().expect("hutch doctor");
+        let out = Command::new(hutch_bin())
+            .arg("doctor")
+            .output()
+            .expect("hutch doctor");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         text.lines()
             .find_map(|l| l.strip_prefix("kvm:"))
@@ -60,7 +74,9 @@ pub fn unavailable(engine: Engine) -> Option<String> {
     match engine {
         Engine::Native => match kvm_kind() {
             "kvm_intel" | "kvm_amd" | "kvm" => None,
-            other => Some(format!("/dev/kvm is {other}: no guest user space on the native engine here")),
+            other => Some(format!(
+                "/dev/kvm is {other}: no guest user space on the native engine here"
+            )),
         },
         Engine::Qemu => {
             let found = std::env::var_os("PATH")
@@ -89,8 +105,13 @@ pub fn report(test: &str, what: &str) {
     let line = format!("[e2e] {test}: {what}");
     eprintln!("{line}");
     let path = target_dir().join("e2e-report.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = writeln!(f, "{line}");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        // One write per line: tests append concurrently.
+        let _ = f.write_all(format!("{line}\n").as_bytes());
     }
 }
 
@@ -142,7 +163,11 @@ impl Hutch {
     /// Runs to completion with `stdin` (or /dev/null).
     pub fn output(mut self, stdin: Option<&[u8]>) -> Output {
         self.cmd
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = self.cmd.spawn().expect("spawn hutch");
@@ -166,10 +191,18 @@ impl Hutch {
 
 /// `hutch run --engine E --memory 512M --cpus 1 WS -- ARGV...`.
 pub fn run_args(engine: Engine, ws: &Path, argv: &[&OsStr]) -> Vec<OsString> {
-    let mut a: Vec<OsString> = ["run", "--engine", engine.flag(), "--memory", "512M", "--cpus", "1"]
-        .iter()
-        .map(OsString::from)
-        .collect();
+    let mut a: Vec<OsString> = [
+        "run",
+        "--engine",
+        engine.flag(),
+        "--memory",
+        "512M",
+        "--cpus",
+        "1",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
     a.push(ws.as_os_str().to_owned());
     a.push("--".into());
     a.extend(argv.iter().map(|s| s.to_os_string()));
@@ -222,7 +255,10 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
 
 /// A workspace directory under a path the guest can mount (not under /root).
 pub fn workspace() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("hutch-e2e-").tempdir_in("/tmp").expect("workspace")
+    tempfile::Builder::new()
+        .prefix("hutch-e2e-")
+        .tempdir_in("/tmp")
+        .expect("workspace")
 }
 
 /// Generates `mod NAME { fn qemu(); fn native(); }` running `body` on each engine.
@@ -233,11 +269,19 @@ macro_rules! per_engine {
             use super::*;
             #[test]
             fn qemu() {
-                $crate::on_engine(concat!(stringify!($name), "::qemu"), $crate::Engine::Qemu, $body);
+                $crate::on_engine(
+                    concat!(stringify!($name), "::qemu"),
+                    $crate::Engine::Qemu,
+                    $body,
+                );
             }
             #[test]
             fn native() {
-                $crate::on_engine(concat!(stringify!($name), "::native"), $crate::Engine::Native, $body);
+                $crate::on_engine(
+                    concat!(stringify!($name), "::native"),
+                    $crate::Engine::Native,
+                    $body,
+                );
             }
         }
     };

@@ -10,10 +10,16 @@ use std::process::Command;
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest.parent().expect("workspace root").to_path_buf();
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
-    for p in ["guest/init/src", "guest/init/Cargo.toml", "guest/proto/src", "guest/proto/Cargo.toml"] {
+    for p in [
+        "guest/init/src",
+        "guest/init/Cargo.toml",
+        "guest/proto/src",
+        "guest/proto/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     println!("cargo:rerun-if-env-changed=HUTCH_INIT_BIN");
@@ -45,9 +51,13 @@ fn main() {
         .status()
         .expect("running cargo to build hutch-init");
     assert!(status.success(), "building hutch-init failed");
-    copy(&target_dir.join(TARGET).join("release").join("hutch-init"), &dest);
+    copy(
+        &target_dir.join(TARGET).join("release").join("hutch-init"),
+        &dest,
+    );
 }
 
 fn copy(from: &Path, to: &Path) {
-    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), to.display()));
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), to.display()));
 }

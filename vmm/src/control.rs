@@ -47,7 +47,10 @@ static EARLY: Mutex<Vec<(&'static str, Instant)>> = Mutex::new(Vec::new());
 
 /// Records a host-side start-up step (before any VM exists) for `--timings`.
 pub fn mark_early(step: &'static str) {
-    EARLY.lock().unwrap_or_else(|p| p.into_inner()).push((step, Instant::now()));
+    EARLY
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((step, Instant::now()));
 }
 
 /// Start-up steps recorded with [`mark_early`], as offsets from `started`.
@@ -108,7 +111,10 @@ impl RunControl {
 
     /// The first stop reason, if any.
     pub fn reason(&self) -> Option<StopReason> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records `phase` now (only its first occurrence).
@@ -123,7 +129,13 @@ impl RunControl {
     /// offsets from hutch's start.
     pub fn phases(&self) -> Vec<(Phase, Duration)> {
         let mut all = early_marks(self.started);
-        all.extend(self.phases.lock().unwrap_or_else(|p| p.into_inner()).iter().copied());
+        all.extend(
+            self.phases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied(),
+        );
         all.sort_by_key(|p| p.1);
         all
     }

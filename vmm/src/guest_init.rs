@@ -24,11 +24,14 @@ pub fn file_location() -> Option<(std::fs::File, u64)> {
         let (_dev, _inode) = (f.next()?, f.next()?);
         let path = f.next().unwrap_or("");
         let (a, b) = range.split_once('-')?;
-        let (a, b) = (u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?);
+        let (a, b) = (
+            u64::from_str_radix(a, 16).ok()?,
+            u64::from_str_radix(b, 16).ok()?,
+        );
         if addr >= a && addr + INIT.len() as u64 <= b && std::path::Path::new(path) == exe {
             let off = u64::from_str_radix(offset, 16).ok()? + (addr - a);
             let file = std::fs::File::open("/proc/self/exe").ok()?;
-            return (off % 4096 == 0).then_some((file, off));
+            return off.is_multiple_of(4096).then_some((file, off));
         }
     }
     None
@@ -46,6 +49,12 @@ pub fn release_pages() {
         // SAFETY: [first, last) lies inside the read-only static `INIT`, part
         // of this binary's file-backed image; MADV_DONTNEED on such pages only
         // drops their residency, and their content is unchanged on the next read.
-        unsafe { libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED) };
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_DONTNEED,
+            )
+        };
     }
 }

@@ -5,7 +5,10 @@ use clap::Parser;
 fn main() {
     let mut started = std::time::Instant::now();
     // Benchmarks pass the wall-clock time of exec so start-up counts too.
-    if let Some(t0) = std::env::var("HUTCH_T0_NS").ok().and_then(|v| v.parse::<u128>().ok()) {
+    if let Some(t0) = std::env::var("HUTCH_T0_NS")
+        .ok()
+        .and_then(|v| v.parse::<u128>().ok())
+    {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())

@@ -46,7 +46,10 @@ fn boot() -> i32 {
         console::say(&e.to_string());
     }
     let cmdline = std::fs::read("/proc/cmdline").unwrap_or_default();
-    if cmdline.split(|b| b.is_ascii_whitespace()).any(|w| w == b"hutch.trace=1") {
+    if cmdline
+        .split(|b| b.is_ascii_whitespace())
+        .any(|w| w == b"hutch.trace=1")
+    {
         console::enable_trace();
     }
     console::trace("kernel file systems mounted");

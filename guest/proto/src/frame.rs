@@ -134,9 +134,15 @@ fn header(b: &[u8]) -> Header {
             _ => {}
         }
     }
-    let Some(&k) = b.get(2) else { return Header::Partial };
-    let Some(kind) = FrameKind::from_u8(k) else { return Header::NotFrame };
-    let Some(len) = b.get(3..5) else { return Header::Partial };
+    let Some(&k) = b.get(2) else {
+        return Header::Partial;
+    };
+    let Some(kind) = FrameKind::from_u8(k) else {
+        return Header::NotFrame;
+    };
+    let Some(len) = b.get(3..5) else {
+        return Header::Partial;
+    };
     let len = u16::from_le_bytes([len[0], len[1]]) as usize;
     if len > MAX_PAYLOAD {
         return Header::NotFrame;
@@ -167,7 +173,10 @@ mod tests {
                 }
             }
             assert_eq!(console, b"[ 0.1] boot\r\npanic text", "split {split}");
-            assert_eq!(data[0], (FrameKind::Stdout, b"hello \xf5\x1f world".to_vec()));
+            assert_eq!(
+                data[0],
+                (FrameKind::Stdout, b"hello \xf5\x1f world".to_vec())
+            );
             assert_eq!(data[1], (FrameKind::Exit, 7i32.to_le_bytes().to_vec()));
             assert!(d.pending().is_empty());
         }
@@ -177,7 +186,10 @@ mod tests {
     fn bad_kind_or_length_is_console_text() {
         let mut d = FrameDecoder::new();
         let got = d.push(&[0xf5, 0x1f, 0x99, 0, 0, b'x']);
-        assert_eq!(got, vec![Frame::Console(vec![0xf5, 0x1f, 0x99, 0, 0, b'x'])]);
+        assert_eq!(
+            got,
+            vec![Frame::Console(vec![0xf5, 0x1f, 0x99, 0, 0, b'x'])]
+        );
         let got = d.push(&[0xf5, 0x1f, 1, 0xff, 0xff]);
         assert_eq!(got, vec![Frame::Console(vec![0xf5, 0x1f, 1, 0xff, 0xff])]);
     }

@@ -59,7 +59,10 @@ impl RunSpec {
         if buf.len() < MAGIC.len() || &buf[..MAGIC.len()] != MAGIC {
             return Err(SpecError::BadMagic);
         }
-        let mut r = Reader { buf, pos: MAGIC.len() };
+        let mut r = Reader {
+            buf,
+            pos: MAGIC.len(),
+        };
         let spec = RunSpec {
             argv: r.list()?,
             env: r.list()?,
@@ -102,10 +105,16 @@ struct Reader<'a> {
 impl Reader<'_> {
     fn u32(&mut self) -> Result<u32, SpecError> {
         let end = self.pos + 4;
-        let b = self.buf.get(self.pos..end).ok_or(SpecError::Truncated(self.pos))?;
+        let b = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(SpecError::Truncated(self.pos))?;
         let v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         if v > MAX_ITEM {
-            return Err(SpecError::TooLarge { at: self.pos, len: v });
+            return Err(SpecError::TooLarge {
+                at: self.pos,
+                len: v,
+            });
         }
         self.pos = end;
         Ok(v)
@@ -114,7 +123,10 @@ impl Reader<'_> {
     fn bytes(&mut self) -> Result<Vec<u8>, SpecError> {
         let len = self.u32()? as usize;
         let end = self.pos + len;
-        let b = self.buf.get(self.pos..end).ok_or(SpecError::Truncated(self.pos))?;
+        let b = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(SpecError::Truncated(self.pos))?;
         self.pos = end;
         Ok(b.to_vec())
     }
@@ -131,8 +143,15 @@ mod tests {
 
     fn sample() -> RunSpec {
         RunSpec {
-            argv: vec![b"sh".to_vec(), b"-c".to_vec(), b"echo 'a b' \"c\"\n\xff\xfe".to_vec()],
-            env: vec![b"PATH=/usr/bin".to_vec(), "UNI=\u{e9}\u{1f600}".as_bytes().to_vec()],
+            argv: vec![
+                b"sh".to_vec(),
+                b"-c".to_vec(),
+                b"echo 'a b' \"c\"\n\xff\xfe".to_vec(),
+            ],
+            env: vec![
+                b"PATH=/usr/bin".to_vec(),
+                "UNI=\u{e9}\u{1f600}".as_bytes().to_vec(),
+            ],
             cwd: b"/w s/p".to_vec(),
             workspace: b"/w s".to_vec(),
             home: b"/root".to_vec(),
@@ -150,7 +169,10 @@ mod tests {
         let enc = sample().encode();
         assert_eq!(RunSpec::decode(b"nope"), Err(SpecError::BadMagic));
         for cut in MAGIC.len()..enc.len() {
-            assert!(matches!(RunSpec::decode(&enc[..cut]), Err(SpecError::Truncated(_))), "cut {cut}");
+            assert!(
+                matches!(RunSpec::decode(&enc[..cut]), Err(SpecError::Truncated(_))),
+                "cut {cut}"
+            );
         }
         let mut long = enc.clone();
         long.push(0);
@@ -161,8 +183,14 @@ mod tests {
     fn rejects_huge_lengths_and_empty_argv() {
         let mut enc = MAGIC.to_vec();
         enc.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(RunSpec::decode(&enc), Err(SpecError::TooLarge { .. })));
-        let empty = RunSpec { argv: vec![], ..sample() };
+        assert!(matches!(
+            RunSpec::decode(&enc),
+            Err(SpecError::TooLarge { .. })
+        ));
+        let empty = RunSpec {
+            argv: vec![],
+            ..sample()
+        };
         assert_eq!(RunSpec::decode(&empty.encode()), Err(SpecError::EmptyArgv));
     }
 }

@@ -10,8 +10,16 @@ pub fn main() -> i32 {
     println!(
         "kvm:    {} (/dev/kvm {}; modules: {}; cpu flags: {})",
         kvm.name(),
-        if facts.dev_kvm_usable { "usable" } else { "not usable" },
-        if facts.modules.is_empty() { "none".to_string() } else { facts.modules.join(", ") },
+        if facts.dev_kvm_usable {
+            "usable"
+        } else {
+            "not usable"
+        },
+        if facts.modules.is_empty() {
+            "none".to_string()
+        } else {
+            facts.modules.join(", ")
+        },
         match (facts.cpu_has_vmx, facts.cpu_has_svm) {
             (true, _) => "vmx",
             (_, true) => "svm",

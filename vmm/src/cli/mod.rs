@@ -136,7 +136,10 @@ mod tests {
 
     #[test]
     fn run_takes_workspace_and_command_after_dashes() {
-        let Command::Run(a) = parse(&["run", "/ws", "--", "sh", "-c", "echo 'a b'"]).unwrap().command else {
+        let Command::Run(a) = parse(&["run", "/ws", "--", "sh", "-c", "echo 'a b'"])
+            .unwrap()
+            .command
+        else {
             panic!()
         };
         assert_eq!(a.workspace, Some(PathBuf::from("/ws")));
@@ -146,9 +149,11 @@ mod tests {
 
     #[test]
     fn run_without_workspace() {
-        let Command::Run(a) = parse(&["run", "--memory", "1G", "--cpus", "2", "-e", "A=1", "--", "ls", "--help"])
-            .unwrap()
-            .command
+        let Command::Run(a) = parse(&[
+            "run", "--memory", "1G", "--cpus", "2", "-e", "A=1", "--", "ls", "--help",
+        ])
+        .unwrap()
+        .command
         else {
             panic!()
         };
@@ -156,7 +161,11 @@ mod tests {
         assert_eq!(a.memory.as_deref(), Some("1G"));
         assert_eq!(a.cpus, Some(2));
         assert_eq!(a.env, vec!["A=1"]);
-        assert_eq!(a.cmd, vec!["ls", "--help"], "flags after -- belong to the command");
+        assert_eq!(
+            a.cmd,
+            vec!["ls", "--help"],
+            "flags after -- belong to the command"
+        );
     }
 
     #[test]
@@ -169,10 +178,19 @@ mod tests {
 
     #[test]
     fn engines_and_subcommands() {
-        let Command::Selftest(s) = parse(&["selftest", "--engine", "native"]).unwrap().command else { panic!() };
+        let Command::Selftest(s) = parse(&["selftest", "--engine", "native"]).unwrap().command
+        else {
+            panic!()
+        };
         assert_eq!(s.engine, EngineKind::Native);
         assert_eq!(s.time_limit, 300);
-        assert!(matches!(parse(&["kernel", "path"]).unwrap().command, Command::Kernel(KernelCommand::Path)));
-        assert!(matches!(parse(&["doctor"]).unwrap().command, Command::Doctor));
+        assert!(matches!(
+            parse(&["kernel", "path"]).unwrap().command,
+            Command::Kernel(KernelCommand::Path)
+        ));
+        assert!(matches!(
+            parse(&["doctor"]).unwrap().command,
+            Command::Doctor
+        ));
     }
 }

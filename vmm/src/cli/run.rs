@@ -46,7 +46,8 @@ pub fn workspace(arg: Option<&Path>) -> Result<PathBuf, String> {
     if !ws.is_dir() {
         return Err(format!("workspace {}: not a directory", ws.display()));
     }
-    std::fs::read_dir(&ws).map_err(|e| format!("workspace {}: cannot be read: {e}", ws.display()))?;
+    std::fs::read_dir(&ws)
+        .map_err(|e| format!("workspace {}: cannot be read: {e}", ws.display()))?;
     if ws == Path::new("/") {
         return Err("refusing to share / as the workspace: name a project directory".into());
     }
@@ -155,7 +156,11 @@ pub fn vm_spec(args: &RunArgs, engine: Resolved, started: Instant) -> Result<VmS
         workspace: ws.clone().into_os_string().into_vec(),
         home: GUEST_HOME.as_bytes().to_vec(),
     };
-    let loglevel = if args.console { "loglevel=7" } else { "loglevel=1" };
+    let loglevel = if args.console {
+        "loglevel=7"
+    } else {
+        "loglevel=1"
+    };
     let mut cmdline = format!("{BASE_CMDLINE} {loglevel}");
     for a in &args.kernel_args {
         cmdline.push(' ');
@@ -192,7 +197,10 @@ pub fn vm_spec(args: &RunArgs, engine: Resolved, started: Instant) -> Result<VmS
 }
 
 fn print_timings(o: &VmOutcome, engine: Resolved, started: Instant) {
-    eprintln!("hutch: timings ({} engine), from hutch start:", engine.name());
+    eprintln!(
+        "hutch: timings ({} engine), from hutch start:",
+        engine.name()
+    );
     for (phase, at) in &o.phases {
         eprintln!("  {:>9.3} ms  {}", at.as_secs_f64() * 1e3, phase.name());
     }
@@ -218,7 +226,9 @@ pub fn exit_status(o: &VmOutcome) -> Result<i32, String> {
                 Some(StopReason::GuestShutdown(how)) => Err(format!(
                     "the guest stopped ({how}) before reporting an exit status; {tail}"
                 )),
-                None => Err(format!("the guest stopped before reporting an exit status; {tail}")),
+                None => Err(format!(
+                    "the guest stopped before reporting an exit status; {tail}"
+                )),
             }
         }
     }
@@ -241,18 +251,39 @@ mod tests {
 
     #[test]
     fn exit_statuses() {
-        assert_eq!(exit_status(&outcome(Some(GuestReport::Exit(7)), None, false)), Ok(7));
-        assert_eq!(exit_status(&outcome(None, Some(StopReason::GuestExit(3)), false)), Ok(3));
-        assert!(exit_status(&outcome(None, None, true)).unwrap_err().contains("panicked"));
-        let e = exit_status(&outcome(Some(GuestReport::InitError("mount failed".into())), None, false));
+        assert_eq!(
+            exit_status(&outcome(Some(GuestReport::Exit(7)), None, false)),
+            Ok(7)
+        );
+        assert_eq!(
+            exit_status(&outcome(None, Some(StopReason::GuestExit(3)), false)),
+            Ok(3)
+        );
+        assert!(exit_status(&outcome(None, None, true))
+            .unwrap_err()
+            .contains("panicked"));
+        let e = exit_status(&outcome(
+            Some(GuestReport::InitError("mount failed".into())),
+            None,
+            false,
+        ));
         assert!(e.unwrap_err().contains("mount failed"));
-        let e = exit_status(&outcome(None, Some(StopReason::GuestShutdown("reset")), false));
+        let e = exit_status(&outcome(
+            None,
+            Some(StopReason::GuestShutdown("reset")),
+            false,
+        ));
         assert!(e.unwrap_err().contains("before reporting an exit status"));
     }
 
     #[test]
     fn env_defaults_and_overrides_keep_bytes() {
-        let env = guest_env(&[OsString::from("A=b c"), OsString::from("HOME=/w"), OsString::from_vec(b"X=\xff".to_vec())]).unwrap();
+        let env = guest_env(&[
+            OsString::from("A=b c"),
+            OsString::from("HOME=/w"),
+            OsString::from_vec(b"X=\xff".to_vec()),
+        ])
+        .unwrap();
         assert!(env.contains(&b"A=b c".to_vec()));
         assert!(env.contains(&b"HOME=/w".to_vec()));
         assert!(!env.contains(&b"HOME=/root".to_vec()));
@@ -266,9 +297,16 @@ mod tests {
         let e = workspace(Some(Path::new("/nonexistent/hutch-ws"))).unwrap_err();
         assert!(e.contains("/nonexistent/hutch-ws"), "{e}");
         let f = tempfile::NamedTempFile::new().unwrap();
-        assert!(workspace(Some(f.path())).unwrap_err().contains("not a directory"));
-        assert!(workspace(Some(Path::new("/"))).unwrap_err().contains("refusing"));
+        assert!(workspace(Some(f.path()))
+            .unwrap_err()
+            .contains("not a directory"));
+        assert!(workspace(Some(Path::new("/")))
+            .unwrap_err()
+            .contains("refusing"));
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(workspace(Some(d.path())).unwrap(), d.path().canonicalize().unwrap());
+        assert_eq!(
+            workspace(Some(d.path())).unwrap(),
+            d.path().canonicalize().unwrap()
+        );
     }
 }

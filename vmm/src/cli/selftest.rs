@@ -29,11 +29,31 @@ pub struct Milestone {
 
 /// The milestones, in boot order.
 pub const MILESTONES: &[Milestone] = &[
-    Milestone { name: "kernel banner on serial", marker: "Linux version", user_space: false },
-    Milestone { name: "virtio-mmio devices probed", marker: "virtio-mmio: Registering device", user_space: false },
-    Milestone { name: "virtio-fs root mounted", marker: "VFS: Mounted root (virtiofs filesystem)", user_space: false },
-    Milestone { name: "/init executed from the share", marker: "Run /init as init process", user_space: false },
-    Milestone { name: "init running in user space", marker: "hutch-init: selftest: init running", user_space: true },
+    Milestone {
+        name: "kernel banner on serial",
+        marker: "Linux version",
+        user_space: false,
+    },
+    Milestone {
+        name: "virtio-mmio devices probed",
+        marker: "virtio-mmio: Registering device",
+        user_space: false,
+    },
+    Milestone {
+        name: "virtio-fs root mounted",
+        marker: "VFS: Mounted root (virtiofs filesystem)",
+        user_space: false,
+    },
+    Milestone {
+        name: "/init executed from the share",
+        marker: "Run /init as init process",
+        user_space: false,
+    },
+    Milestone {
+        name: "init running in user space",
+        marker: "hutch-init: selftest: init running",
+        user_space: true,
+    },
 ];
 
 /// Tracks milestones as console lines arrive.
@@ -91,7 +111,9 @@ fn run(args: SelftestArgs, started: Instant) -> Result<bool, String> {
             if detect::find_qemu().is_none() {
                 return Err(engine::EngineError::NoQemu.to_string());
             }
-            Resolved::Qemu { kvm: kvm.runs_guests() }
+            Resolved::Qemu {
+                kvm: kvm.runs_guests(),
+            }
         }
     };
     let pvm = engine == Resolved::Native && kvm == detect::KvmKind::Pvm;
@@ -111,7 +133,8 @@ fn run(args: SelftestArgs, started: Instant) -> Result<bool, String> {
         .tempdir()
         .map_err(|e| format!("creating the self-test root: {e}"))?;
     let init = root.path().join("init");
-    std::fs::write(&init, crate::guest_init::INIT).map_err(|e| format!("writing {}: {e}", init.display()))?;
+    std::fs::write(&init, crate::guest_init::INIT)
+        .map_err(|e| format!("writing {}: {e}", init.display()))?;
     std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| format!("chmod {}: {e}", init.display()))?;
 
@@ -125,7 +148,11 @@ fn run(args: SelftestArgs, started: Instant) -> Result<bool, String> {
     println!(
         "hutch selftest: engine {}{}, kernel {}",
         engine.name(),
-        if pvm { " on PVM (user space cannot run here: stops at /init executed)" } else { "" },
+        if pvm {
+            " on PVM (user space cannot run here: stops at /init executed)"
+        } else {
+            ""
+        },
         kernel.display()
     );
     println!("hutch selftest: kernel command line: {cmdline}");
@@ -137,7 +164,11 @@ fn run(args: SelftestArgs, started: Instant) -> Result<bool, String> {
         let before = t.reached.len();
         let done = t.see(line, started.elapsed(), user_space);
         for (i, at) in &t.reached[before..] {
-            println!("  [{:>8.3} s] reached: {}", at.as_secs_f64(), MILESTONES[*i].name);
+            println!(
+                "  [{:>8.3} s] reached: {}",
+                at.as_secs_f64(),
+                MILESTONES[*i].name
+            );
         }
         if done {
             ConsoleAction::Stop
@@ -176,7 +207,10 @@ fn run(args: SelftestArgs, started: Instant) -> Result<bool, String> {
     for (i, m) in MILESTONES.iter().enumerate() {
         match t.at(i) {
             Some(at) => println!("  ok       {:>8.3} s  {}", at.as_secs_f64(), m.name),
-            None if m.user_space && !user_space => println!("  skipped             {} (PVM cannot run guest user space)", m.name),
+            None if m.user_space && !user_space => println!(
+                "  skipped             {} (PVM cannot run guest user space)",
+                m.name
+            ),
             None => {
                 ok = false;
                 println!("  MISSING             {}", m.name);
@@ -185,7 +219,10 @@ fn run(args: SelftestArgs, started: Instant) -> Result<bool, String> {
     }
     if !ok {
         println!("hutch selftest: stopped because: {:?}", outcome.stop);
-        println!("hutch selftest: last console lines:\n{}", outcome.console_tail);
+        println!(
+            "hutch selftest: last console lines:\n{}",
+            outcome.console_tail
+        );
     }
     println!("hutch selftest: {}", if ok { "PASS" } else { "FAIL" });
     Ok(ok)
@@ -200,9 +237,20 @@ mod tests {
         let mut t = Tracker::default();
         let s = Duration::from_secs(1);
         assert!(!t.see("[0.0] Linux version 6.1.0", s, false));
-        assert!(!t.see("virtio-mmio: Registering device virtio-mmio.0 at 0xd0000000", s, false));
-        assert!(!t.see("VFS: Mounted root (virtiofs filesystem) on device 0:14.", s, false));
-        assert!(t.see("Run /init as init process", s, false), "PVM stops here");
+        assert!(!t.see(
+            "virtio-mmio: Registering device virtio-mmio.0 at 0xd0000000",
+            s,
+            false
+        ));
+        assert!(!t.see(
+            "VFS: Mounted root (virtiofs filesystem) on device 0:14.",
+            s,
+            false
+        ));
+        assert!(
+            t.see("Run /init as init process", s, false),
+            "PVM stops here"
+        );
         assert!(t.at(3).is_some());
         let mut u = Tracker::default();
         assert!(!u.see("Run /init as init process", s, true));

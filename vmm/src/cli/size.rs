@@ -26,7 +26,9 @@ pub enum SizeError {
 pub fn parse_size(s: &str) -> Result<u64, SizeError> {
     let bad = || SizeError::NotASize(s.to_string());
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
         return Err(bad());
@@ -52,7 +54,9 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
 pub fn check_memory(given: &str, host_total: u64) -> Result<u64, SizeError> {
     let bytes = parse_size(given)?;
     if bytes < MIN_MEMORY {
-        return Err(SizeError::TooSmall { given: given.into() });
+        return Err(SizeError::TooSmall {
+            given: given.into(),
+        });
     }
     if bytes > host_total {
         return Err(SizeError::TooLarge {
@@ -81,19 +85,27 @@ pub fn check_cpus(given: u32, host: u32) -> Result<u8, SizeError> {
 
 /// sbx's default: all CPUs but one, at least one.
 pub fn default_cpus(host: u32) -> u8 {
-    host.saturating_sub(1).clamp(1, u32::from(crate::arch::x86_64::layout::MAX_VCPUS)) as u8
+    host.saturating_sub(1)
+        .clamp(1, u32::from(crate::arch::x86_64::layout::MAX_VCPUS)) as u8
 }
 
 /// This host's memory in bytes.
 pub fn host_memory() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
-    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     (pages.max(0) as u64) * (size.max(0) as u64)
 }
 
 /// This host's CPUs.
 pub fn host_cpus() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
 }
 
 #[cfg(test)]
@@ -109,16 +121,31 @@ mod tests {
         assert_eq!(parse_size("2048MiB"), Ok(2 << 30));
         assert_eq!(parse_size("1073741824"), Ok(1 << 30));
         for bad in ["lots", "", "M", "12Q", "1.2.3G", "-5G"] {
-            assert!(matches!(parse_size(bad), Err(SizeError::NotASize(_))), "{bad:?}");
+            assert!(
+                matches!(parse_size(bad), Err(SizeError::NotASize(_))),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn memory_limits() {
         let host = 24u64 << 30;
-        assert_eq!(check_memory("0", host), Err(SizeError::TooSmall { given: "0".into() }));
-        assert!(matches!(check_memory("64M", host), Err(SizeError::TooSmall { .. })));
-        assert!(matches!(check_memory("25G", host), Err(SizeError::TooLarge { host_mib: 24576, .. })));
+        assert_eq!(
+            check_memory("0", host),
+            Err(SizeError::TooSmall { given: "0".into() })
+        );
+        assert!(matches!(
+            check_memory("64M", host),
+            Err(SizeError::TooSmall { .. })
+        ));
+        assert!(matches!(
+            check_memory("25G", host),
+            Err(SizeError::TooLarge {
+                host_mib: 24576,
+                ..
+            })
+        ));
         assert_eq!(check_memory("4G", host), Ok(4 << 30));
     }
 
@@ -135,7 +162,13 @@ mod tests {
     #[test]
     fn cpu_limits() {
         assert_eq!(check_cpus(0, 2), Err(SizeError::ZeroCpus));
-        assert_eq!(check_cpus(999, 2), Err(SizeError::TooManyCpus { given: 999, host: 2 }));
+        assert_eq!(
+            check_cpus(999, 2),
+            Err(SizeError::TooManyCpus {
+                given: 999,
+                host: 2
+            })
+        );
         assert_eq!(check_cpus(2, 2), Ok(2));
     }
 }

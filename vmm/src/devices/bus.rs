@@ -147,8 +147,17 @@ mod tests {
         let mut bus = Bus::new("test");
         let d = Arc::new(Mutex::new(Reg(0, vec![])));
         bus.insert(0x100, 0x10, d.clone()).unwrap();
-        for (base, len) in [(0x100, 1), (0x10f, 4), (0xf8, 0x10), (0x0, 0x1000), (0x200, 0)] {
-            assert!(bus.insert(base, len, d.clone()).is_err(), "{base:#x}+{len:#x}");
+        for (base, len) in [
+            (0x100, 1),
+            (0x10f, 4),
+            (0xf8, 0x10),
+            (0x0, 0x1000),
+            (0x200, 0),
+        ] {
+            assert!(
+                bus.insert(base, len, d.clone()).is_err(),
+                "{base:#x}+{len:#x}"
+            );
         }
         bus.insert(0x110, 0x10, d).unwrap();
         assert!(bus.find(0x10f).is_some());

@@ -53,7 +53,8 @@ impl BusDevice for I8042Reset {
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset == 0 && data.first() == Some(&CMD_RESET) {
-            self.0.request_stop(StopReason::GuestShutdown("i8042 reset"));
+            self.0
+                .request_stop(StopReason::GuestShutdown("i8042 reset"));
         }
     }
 }

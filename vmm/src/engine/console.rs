@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hutch_proto::{Frame, FrameDecoder, FrameKind, MAX_PAYLOAD};
 
-use super::ConsoleAction;
+use super::{ConsoleAction, LineCallback};
 
 /// How much console text (kernel messages) is kept for error reports.
 const CONSOLE_KEEP: usize = 64 * 1024;
@@ -72,10 +72,7 @@ pub struct HostConsole<O: Write, E: Write> {
 }
 
 /// Watches console lines; returns [`ConsoleAction::Stop`] to end the run.
-pub type LineObserver = (
-    Box<dyn FnMut(&str) -> ConsoleAction + Send>,
-    Box<dyn Fn() + Send>,
-);
+pub type LineObserver = (LineCallback, Box<dyn Fn() + Send>);
 
 impl<O: Write, E: Write> HostConsole<O, E> {
     /// Output goes to `stdout`/`stderr`; with `echo_console`, kernel console
@@ -102,19 +99,19 @@ impl<O: Write, E: Write> HostConsole<O, E> {
 
     /// Calls `observe` with each complete console line; when it answers
     /// [`ConsoleAction::Stop`], calls `stop` (once).
-    pub fn set_line_observer(
-        &mut self,
-        observe: Box<dyn FnMut(&str) -> ConsoleAction + Send>,
-        stop: Box<dyn Fn() + Send>,
-    ) {
+    pub fn set_line_observer(&mut self, observe: LineCallback, stop: Box<dyn Fn() + Send>) {
         self.observer = Some((observe, stop));
     }
 
     fn observe(&mut self, text: &[u8]) {
-        let Some((observe, stop)) = self.observer.as_mut() else { return };
+        let Some((observe, stop)) = self.observer.as_mut() else {
+            return;
+        };
         for &b in text {
             if b == b'\n' {
-                let line = String::from_utf8_lossy(&self.line).trim_end_matches('\r').to_string();
+                let line = String::from_utf8_lossy(&self.line)
+                    .trim_end_matches('\r')
+                    .to_string();
                 self.line.clear();
                 if observe(&line) == ConsoleAction::Stop {
                     stop();
@@ -153,7 +150,10 @@ impl<O: Write, E: Write> HostConsole<O, E> {
                 Frame::Data(..) => {}
                 Frame::Console(text) => {
                     if self.echo_console {
-                        let _ = self.stderr.write_all(&text).and_then(|_| self.stderr.flush());
+                        let _ = self
+                            .stderr
+                            .write_all(&text)
+                            .and_then(|_| self.stderr.flush());
                     }
                     self.observe(&text);
                     self.console.extend_from_slice(&text);
@@ -243,7 +243,10 @@ mod tests {
         let mut wire = Frame::encode(FrameKind::Error, b"mounting hutch-ws: ENOENT");
         wire.extend(Frame::encode(FrameKind::Exit, &125i32.to_le_bytes()));
         c.feed(&wire);
-        assert_eq!(c.report(), Some(GuestReport::InitError("mounting hutch-ws: ENOENT".into())));
+        assert_eq!(
+            c.report(),
+            Some(GuestReport::InitError("mounting hutch-ws: ENOENT".into()))
+        );
     }
 
     #[test]
@@ -279,7 +282,10 @@ mod tests {
         assert_eq!(stops.load(Ordering::SeqCst), 0);
         c.feed(b"it as init process\r\nmore\r\n");
         assert_eq!(stops.load(Ordering::SeqCst), 1);
-        assert_eq!(*seen.lock().unwrap(), vec!["Linux version 6.1", "Run /init as init process"]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec!["Linux version 6.1", "Run /init as init process"]
+        );
     }
 
     #[test]

@@ -121,13 +121,22 @@ mod tests {
 
     #[test]
     fn classifies_hosts() {
-        assert_eq!(facts(false, &["kvm_intel"], true, false).kind(), KvmKind::None);
-        assert_eq!(facts(true, &["kvm_intel"], true, false).kind(), KvmKind::Intel);
+        assert_eq!(
+            facts(false, &["kvm_intel"], true, false).kind(),
+            KvmKind::None
+        );
+        assert_eq!(
+            facts(true, &["kvm_intel"], true, false).kind(),
+            KvmKind::Intel
+        );
         assert_eq!(facts(true, &["kvm_amd"], false, true).kind(), KvmKind::Amd);
         assert_eq!(facts(true, &["kvm_pvm"], false, false).kind(), KvmKind::Pvm);
         assert_eq!(facts(true, &[], false, false).kind(), KvmKind::Unknown);
         // PVM loaded next to a real module on a host with VT-x: real KVM wins.
-        assert_eq!(facts(true, &["kvm_intel", "kvm_pvm"], true, false).kind(), KvmKind::Intel);
+        assert_eq!(
+            facts(true, &["kvm_intel", "kvm_pvm"], true, false).kind(),
+            KvmKind::Intel
+        );
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl CpioWriter {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -163,7 +163,9 @@ mod tests {
             let mode = hex(&b[14..22]);
             let size = hex(&b[54..62]) as usize;
             let namesize = hex(&b[94..102]) as usize;
-            let name = std::str::from_utf8(&b[110..110 + namesize - 1]).unwrap().to_string();
+            let name = std::str::from_utf8(&b[110..110 + namesize - 1])
+                .unwrap()
+                .to_string();
             let data_at = align(110 + namesize);
             let data = b[data_at..data_at + size].to_vec();
             b = &b[align(data_at + size)..];
@@ -183,7 +185,12 @@ mod tests {
         };
         let a = build(b"\x7fELF-init", &spec).to_vec();
         let entries = parse(&a);
-        let find = |n: &str| entries.iter().find(|e| e.0 == n).unwrap_or_else(|| panic!("{n}"));
+        let find = |n: &str| {
+            entries
+                .iter()
+                .find(|e| e.0 == n)
+                .unwrap_or_else(|| panic!("{n}"))
+        };
         assert_eq!(find("init").2, b"\x7fELF-init");
         assert_eq!(find("init").1, S_IFREG | 0o755);
         assert_eq!(find("dev/console").1, S_IFCHR | 0o600);

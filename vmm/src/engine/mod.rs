@@ -65,7 +65,7 @@ pub struct VmSpec {
     /// When the hutch process started (boot timings start here).
     pub started: Instant,
     /// Called with each console line as it arrives (self-test milestones).
-    pub on_console_line: Option<Box<dyn FnMut(&str) -> ConsoleAction + Send>>,
+    pub on_console_line: Option<LineCallback>,
     /// Forward hutch's stdin to the guest.
     pub forward_stdin: bool,
     /// Enter an ELF kernel through its PVH entry when it has one (native
@@ -74,6 +74,9 @@ pub struct VmSpec {
     /// Measure the VMM's own resident memory before teardown (native).
     pub measure_rss: bool,
 }
+
+/// Called with each console line; says whether to go on.
+pub type LineCallback = Box<dyn FnMut(&str) -> ConsoleAction + Send>;
 
 /// What a console-line observer wants next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +162,9 @@ pub fn resolve(
     kvm: detect::KvmKind,
     qemu_available: bool,
 ) -> Result<(Resolved, Option<String>), String> {
-    let qemu = Resolved::Qemu { kvm: kvm.runs_guests() };
+    let qemu = Resolved::Qemu {
+        kvm: kvm.runs_guests(),
+    };
     match requested {
         EngineKind::Native if kvm.runs_guests() => Ok((Resolved::Native, None)),
         EngineKind::Native => Err(format!(
@@ -191,8 +196,14 @@ mod tests {
 
     #[test]
     fn auto_prefers_native_on_real_kvm() {
-        assert_eq!(resolve(EngineKind::Auto, KvmKind::Intel, true), Ok((Resolved::Native, None)));
-        assert_eq!(resolve(EngineKind::Auto, KvmKind::Amd, false), Ok((Resolved::Native, None)));
+        assert_eq!(
+            resolve(EngineKind::Auto, KvmKind::Intel, true),
+            Ok((Resolved::Native, None))
+        );
+        assert_eq!(
+            resolve(EngineKind::Auto, KvmKind::Amd, false),
+            Ok((Resolved::Native, None))
+        );
     }
 
     #[test]
@@ -200,14 +211,26 @@ mod tests {
         let (r, notice) = resolve(EngineKind::Auto, KvmKind::Pvm, true).unwrap();
         assert_eq!(r, Resolved::Qemu { kvm: false });
         assert!(notice.unwrap().contains("pvm"));
-        assert!(resolve(EngineKind::Auto, KvmKind::None, true).unwrap().1.is_some());
+        assert!(resolve(EngineKind::Auto, KvmKind::None, true)
+            .unwrap()
+            .1
+            .is_some());
     }
 
     #[test]
     fn explicit_choices_and_impossible_ones() {
-        assert_eq!(resolve(EngineKind::Qemu, KvmKind::Intel, true), Ok((Resolved::Qemu { kvm: true }, None)));
-        assert!(resolve(EngineKind::Native, KvmKind::Pvm, true).unwrap_err().contains("--engine qemu"));
-        assert!(resolve(EngineKind::Qemu, KvmKind::Intel, false).unwrap_err().contains("qemu-system-x86"));
-        assert!(resolve(EngineKind::Auto, KvmKind::None, false).unwrap_err().contains("no engine"));
+        assert_eq!(
+            resolve(EngineKind::Qemu, KvmKind::Intel, true),
+            Ok((Resolved::Qemu { kvm: true }, None))
+        );
+        assert!(resolve(EngineKind::Native, KvmKind::Pvm, true)
+            .unwrap_err()
+            .contains("--engine qemu"));
+        assert!(resolve(EngineKind::Qemu, KvmKind::Intel, false)
+            .unwrap_err()
+            .contains("qemu-system-x86"));
+        assert!(resolve(EngineKind::Auto, KvmKind::None, false)
+            .unwrap_err()
+            .contains("no engine"));
     }
 }

@@ -54,7 +54,12 @@ impl Drop for RuntimeDir {
 use std::os::unix::fs::DirBuilderExt;
 
 /// The QEMU command line for `spec`.
-pub fn qemu_args(spec: &VmSpec, kvm: bool, initrd: Option<&Path>, sockets: &[(PathBuf, String)]) -> Vec<String> {
+pub fn qemu_args(
+    spec: &VmSpec,
+    kvm: bool,
+    initrd: Option<&Path>,
+    sockets: &[(PathBuf, String)],
+) -> Vec<String> {
     let mem_mib = spec.memory >> 20;
     let mut a: Vec<String> = vec![
         "-M".into(),
@@ -81,7 +86,12 @@ pub fn qemu_args(spec: &VmSpec, kvm: bool, initrd: Option<&Path>, sockets: &[(Pa
     if kvm {
         a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]);
     } else {
-        a.extend(["-accel".into(), "tcg,thread=multi".into(), "-cpu".into(), "max".into()]);
+        a.extend([
+            "-accel".into(),
+            "tcg,thread=multi".into(),
+            "-cpu".into(),
+            "max".into(),
+        ]);
     }
     if let Some(rd) = initrd {
         a.extend(["-initrd".into(), rd.display().to_string()]);
@@ -182,7 +192,10 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
         let kill = kill.clone();
         std::thread::spawn(move || {
             std::thread::sleep(limit);
-            kill(StopReason::HostRequest(format!("time limit of {} s reached", limit.as_secs())));
+            kill(StopReason::HostRequest(format!(
+                "time limit of {} s reached",
+                limit.as_secs()
+            )));
         });
     }
 
@@ -240,15 +253,21 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     for b in backends {
         let _ = b.join();
     }
-    let qemu_err = String::from_utf8_lossy(&stderr_buf.lock().unwrap_or_else(|p| p.into_inner())).trim().to_string();
-    let mut stop = stop_reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let qemu_err = String::from_utf8_lossy(&stderr_buf.lock().unwrap_or_else(|p| p.into_inner()))
+        .trim()
+        .to_string();
+    let mut stop = stop_reason
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     if stop.is_none() {
         stop = Some(match (console.report(), status) {
             (Some(_), _) => StopReason::GuestShutdown("power off"),
             (None, Some(0)) => StopReason::GuestShutdown("reset"),
             (None, s) if !qemu_err.is_empty() || s.is_none() => StopReason::Error(format!(
                 "qemu exited ({}): {}",
-                s.map(|c| format!("status {c}")).unwrap_or_else(|| "killed".into()),
+                s.map(|c| format!("status {c}"))
+                    .unwrap_or_else(|| "killed".into()),
                 qemu_err
             )),
             (None, _) => StopReason::GuestShutdown("reset"),
@@ -305,7 +324,11 @@ mod tests {
         assert!(joined.contains("socket,id=fs0,path=/r/fs0.sock"));
         assert!(joined.contains("vhost-user-fs-device,chardev=fs0,tag=hutch-root"));
         let append = a.iter().position(|x| x == "-append").unwrap();
-        assert_eq!(a[append + 1], "console=ttyS0 reboot=t", "cmdline is one argument");
+        assert_eq!(
+            a[append + 1],
+            "console=ttyS0 reboot=t",
+            "cmdline is one argument"
+        );
         let kvm = qemu_args(&spec(), true, None, &[]).join(" ");
         assert!(kvm.contains("-accel kvm -cpu host"));
         assert!(!kvm.contains("-initrd"));

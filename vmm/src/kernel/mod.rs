@@ -12,7 +12,10 @@ use thiserror::Error;
 /// The recipe files, as (relative path, content).
 pub const RECIPE: &[(&str, &str)] = &[
     ("build.sh", include_str!("../../../guest/kernel/build.sh")),
-    ("hutch.config", include_str!("../../../guest/kernel/hutch.config")),
+    (
+        "hutch.config",
+        include_str!("../../../guest/kernel/hutch.config"),
+    ),
     (
         "patches/0001-x86-alternative-skip-int3-selftest.patch",
         include_str!("../../../guest/kernel/patches/0001-x86-alternative-skip-int3-selftest.patch"),
@@ -39,7 +42,7 @@ pub enum KernelError {
     },
     #[error("no cached kernel for this recipe; run `hutch kernel build`")]
     NotBuilt,
-    #[error("kernel image {0} does not exist")]
+    #[error("HUTCH_KERNEL_DIR={0} does not hold vmlinux, bzImage and config")]
     Missing(PathBuf),
 }
 
@@ -60,7 +63,9 @@ impl KernelImages {
         self.dir.join("bzImage")
     }
     fn complete(&self) -> bool {
-        ["vmlinux", "bzImage", "config"].iter().all(|f| self.dir.join(f).is_file())
+        ["vmlinux", "bzImage", "config"]
+            .iter()
+            .all(|f| self.dir.join(f).is_file())
     }
 }
 
@@ -77,7 +82,9 @@ pub fn cache_root() -> PathBuf {
     if let Some(p) = std::env::var_os("XDG_CACHE_HOME").filter(|p| !p.is_empty()) {
         return PathBuf::from(p).join("hutch");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp".into());
     home.join(".cache").join("hutch")
 }
 
@@ -97,7 +104,11 @@ pub fn recipe_hash() -> String {
         h.update(content.as_bytes());
         h.update([0]);
     }
-    h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Identity of the source tarball: its size and modification time (a new
@@ -105,7 +116,8 @@ pub fn recipe_hash() -> String {
 /// cache lookup costs no process start.
 pub fn source_version(tarball: &Path) -> Result<String, KernelError> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(tarball).map_err(|_| KernelError::NoSource(tarball.to_path_buf()))?;
+    let meta =
+        std::fs::metadata(tarball).map_err(|_| KernelError::NoSource(tarball.to_path_buf()))?;
     Ok(format!("{}-{}", meta.size(), meta.mtime()))
 }
 
@@ -116,12 +128,32 @@ pub fn cache_dir() -> Result<PathBuf, KernelError> {
     let mut h = Sha256::new();
     h.update(version.as_bytes());
     h.update(recipe_hash().as_bytes());
-    let key: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Ok(cache_root().join("kernel").join(format!("linux-6.1-{key}")))
+}
+
+/// A prebuilt kernel directory named by `$HUTCH_KERNEL_DIR` (holding
+/// `vmlinux`, `bzImage` and `config`), which replaces the cache.
+fn override_dir() -> Option<KernelImages> {
+    std::env::var_os("HUTCH_KERNEL_DIR").map(|d| KernelImages {
+        dir: PathBuf::from(d),
+    })
 }
 
 /// The cached kernel, if it was built.
 pub fn cached() -> Result<Option<KernelImages>, KernelError> {
+    if let Some(k) = override_dir() {
+        return if k.complete() {
+            Ok(Some(k))
+        } else {
+            Err(KernelError::Missing(k.dir))
+        };
+    }
     let k = KernelImages { dir: cache_dir()? };
     Ok(k.complete().then_some(k))
 }
@@ -129,6 +161,13 @@ pub fn cached() -> Result<Option<KernelImages>, KernelError> {
 /// Builds the kernel into the cache (unless it is there), printing progress.
 /// `jobs` defaults to the number of CPUs.
 pub fn build(jobs: Option<usize>, force: bool) -> Result<KernelImages, KernelError> {
+    if let Some(k) = override_dir() {
+        return if k.complete() {
+            Ok(k)
+        } else {
+            Err(KernelError::Missing(k.dir))
+        };
+    }
     let tarball = source_tarball();
     let dir = cache_dir()?;
     let k = KernelImages { dir: dir.clone() };
@@ -144,7 +183,10 @@ pub fn build(jobs: Option<usize>, force: bool) -> Result<KernelImages, KernelErr
     if k.complete() && !force {
         return Ok(k);
     }
-    let work = root.join(format!(".build-{}", dir.file_name().unwrap_or_default().to_string_lossy()));
+    let work = root.join(format!(
+        ".build-{}",
+        dir.file_name().unwrap_or_default().to_string_lossy()
+    ));
     let recipe = work.join("recipe");
     for (name, content) in RECIPE {
         let p = recipe.join(name);
@@ -154,9 +196,17 @@ pub fn build(jobs: Option<usize>, force: bool) -> Result<KernelImages, KernelErr
         std::fs::write(&p, content).map_err(io("writing", &p))?;
     }
     std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-    eprintln!("hutch: building the guest kernel (Linux 6.1 from {}) into {}", tarball.display(), dir.display());
+    eprintln!(
+        "hutch: building the guest kernel (Linux 6.1 from {}) into {}",
+        tarball.display(),
+        dir.display()
+    );
     eprintln!("hutch: this happens once per kernel recipe and takes a few minutes");
-    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let jobs = jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     let status = Command::new("bash")
         .arg(recipe.join("build.sh"))
         .arg(&tarball)
@@ -198,14 +248,21 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/kernel");
         let mut on_disk = vec!["build.sh".to_string(), "hutch.config".to_string()];
         for e in std::fs::read_dir(dir.join("patches")).unwrap() {
-            on_disk.push(format!("patches/{}", e.unwrap().file_name().to_string_lossy()));
+            on_disk.push(format!(
+                "patches/{}",
+                e.unwrap().file_name().to_string_lossy()
+            ));
         }
         on_disk.sort();
         let mut embedded: Vec<String> = RECIPE.iter().map(|r| r.0.to_string()).collect();
         embedded.sort();
         assert_eq!(on_disk, embedded, "add new recipe files to RECIPE");
         for (name, content) in RECIPE {
-            assert_eq!(&std::fs::read_to_string(dir.join(name)).unwrap(), content, "{name}");
+            assert_eq!(
+                &std::fs::read_to_string(dir.join(name)).unwrap(),
+                content,
+                "{name}"
+            );
         }
     }
 
@@ -218,7 +275,10 @@ mod tests {
     #[test]
     fn missing_source_names_the_package() {
         let e = source_version(Path::new("/nonexistent/linux.tar.xz")).unwrap_err();
-        assert!(e.to_string().contains("apt-get install -y linux-source-6.1"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("apt-get install -y linux-source-6.1"),
+            "{e}"
+        );
     }
-
 }

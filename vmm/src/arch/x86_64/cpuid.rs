@@ -16,7 +16,8 @@ pub fn patch(entries: &mut [CpuidEntry], apic_id: u8, vcpus: u8) {
     for e in entries.iter_mut() {
         match e.function {
             LEAF_FEATURES => {
-                e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(apic_id) << 24) | (u32::from(vcpus) << 16);
+                e.ebx =
+                    (e.ebx & 0x0000_ffff) | (u32::from(apic_id) << 24) | (u32::from(vcpus) << 16);
                 e.ecx |= ECX_HYPERVISOR;
                 if vcpus > 1 {
                     e.edx |= EDX_HTT;
@@ -74,7 +75,13 @@ mod tests {
 
     #[test]
     fn sets_apic_id_count_and_hypervisor_bit() {
-        let mut e = vec![leaf(1, 0), leaf(0xb, 0), leaf(0xb, 1), leaf(0xa, 0), leaf(7, 0)];
+        let mut e = vec![
+            leaf(1, 0),
+            leaf(0xb, 0),
+            leaf(0xb, 1),
+            leaf(0xa, 0),
+            leaf(7, 0),
+        ];
         patch(&mut e, 3, 4);
         assert_eq!(e[0].ebx >> 24, 3);
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);

@@ -142,7 +142,10 @@ mod tests {
     fn large_guest_skips_the_mmio_gap() {
         let r = ram_regions(4 << 30);
         assert_eq!(r[0], (GuestAddress(0), MMIO_GAP_START));
-        assert_eq!(r[1], (GuestAddress(MMIO_GAP_END), (4 << 30) - MMIO_GAP_START));
+        assert_eq!(
+            r[1],
+            (GuestAddress(MMIO_GAP_END), (4 << 30) - MMIO_GAP_START)
+        );
         let total: u64 = r.iter().map(|x| x.1).sum();
         assert_eq!(total, 4 << 30);
     }
@@ -151,7 +154,14 @@ mod tests {
     fn memory_map_covers_ram_without_holes_misreported() {
         let map = memory_map(512 << 20);
         assert_eq!(map.len(), 3);
-        assert_eq!(map[0], MemEntry { addr: 0, size: EBDA_START, kind: E820_RAM });
+        assert_eq!(
+            map[0],
+            MemEntry {
+                addr: 0,
+                size: EBDA_START,
+                kind: E820_RAM
+            }
+        );
         assert_eq!(map[1].kind, E820_RESERVED);
         assert_eq!(map[2].addr, HIMEM_START);
         assert_eq!(map[2].addr + map[2].size, 512 << 20);

@@ -39,7 +39,12 @@ pub fn build(vcpus: u8) -> Result<Vec<u8>, ArchError> {
     let mut entries: Vec<u8> = Vec::new();
     let mut count: u16 = 0;
     for id in 0..vcpus {
-        entries.extend_from_slice(&[0, id, APIC_VERSION, CPU_ENABLED | if id == 0 { CPU_BOOT } else { 0 }]);
+        entries.extend_from_slice(&[
+            0,
+            id,
+            APIC_VERSION,
+            CPU_ENABLED | if id == 0 { CPU_BOOT } else { 0 },
+        ]);
         entries.extend_from_slice(&CPU_SIGNATURE.to_le_bytes());
         entries.extend_from_slice(&CPU_FEATURES.to_le_bytes());
         entries.extend_from_slice(&[0; 8]);
@@ -52,7 +57,11 @@ pub fn build(vcpus: u8) -> Result<Vec<u8>, ArchError> {
     entries.extend_from_slice(&(layout::IOAPIC_ADDR as u32).to_le_bytes());
     count += 1;
     for pin in 0..layout::IOAPIC_PINS as u8 {
-        let kind = if pin == 0 { INT_TYPE_EXTINT } else { INT_TYPE_INT };
+        let kind = if pin == 0 {
+            INT_TYPE_EXTINT
+        } else {
+            INT_TYPE_INT
+        };
         entries.extend_from_slice(&[3, kind, 0, 0, 0, pin, ioapic, pin]);
         count += 1;
     }
@@ -92,7 +101,8 @@ pub fn build(vcpus: u8) -> Result<Vec<u8>, ArchError> {
 pub fn write<M: GuestMemory>(mem: &M, vcpus: u8) -> Result<(), ArchError> {
     let blob = build(vcpus)?;
     let at = GuestAddress(MPTABLE_ADDR);
-    mem.write_slice(&blob, at).map_err(write_err("MP table", at))
+    mem.write_slice(&blob, at)
+        .map_err(write_err("MP table", at))
 }
 
 #[cfg(test)]

@@ -40,7 +40,9 @@ mod tests {
 
     /// Walks the written tables like the MMU does for `va`.
     fn translate(mem: &GuestMemoryMmap, cr3: u64, va: u64) -> Option<u64> {
-        let pml4e: u64 = mem.read_obj(GuestAddress(cr3 + ((va >> 39) & 511) * 8)).ok()?;
+        let pml4e: u64 = mem
+            .read_obj(GuestAddress(cr3 + ((va >> 39) & 511) * 8))
+            .ok()?;
         if pml4e & 1 == 0 {
             return None;
         }

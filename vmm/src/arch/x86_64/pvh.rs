@@ -2,9 +2,7 @@
 //! written at [`layout::PVH_INFO_ADDR`]. The kernel's PVH entry point is found
 //! in the ELF note `XEN_ELFNOTE_PHYS32_ENTRY` by linux-loader.
 
-use linux_loader::start_info::{
-    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
-};
+use linux_loader::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory};
 
 use super::zero_page::Initrd;
@@ -56,7 +54,8 @@ pub fn write<M: GuestMemory>(
         m.0.paddr = rd.addr;
         m.0.size = rd.size;
         let at = GuestAddress(modlist_addr);
-        mem.write_obj(m, at).map_err(write_err("PVH module list", at))?;
+        mem.write_obj(m, at)
+            .map_err(write_err("PVH module list", at))?;
     }
     for (i, e) in map.iter().enumerate() {
         let mut me = MapEntry::default();
@@ -64,10 +63,12 @@ pub fn write<M: GuestMemory>(
         me.0.size = e.size;
         me.0.type_ = e.kind;
         let at = GuestAddress(memmap_addr + i as u64 * std::mem::size_of::<MapEntry>() as u64);
-        mem.write_obj(me, at).map_err(write_err("PVH memory map", at))?;
+        mem.write_obj(me, at)
+            .map_err(write_err("PVH memory map", at))?;
     }
     let at = GuestAddress(base);
-    mem.write_obj(info, at).map_err(write_err("PVH start info", at))?;
+    mem.write_obj(info, at)
+        .map_err(write_err("PVH start info", at))?;
     Ok(base)
 }
 

@@ -86,7 +86,13 @@ mod tests {
         };
         let r = regs(e);
         assert_eq!((r.rip, r.rbx, r.rflags), (0x100_0000, 0x6000, 2));
-        let s = sregs(e, DescriptorTable { base: 0x500, limit: 31 });
+        let s = sregs(
+            e,
+            DescriptorTable {
+                base: 0x500,
+                limit: 31,
+            },
+        );
         assert_eq!(s.cr0 & CR0_PG, 0);
         assert_eq!(s.cr0 & CR0_PE, 1);
         assert_eq!(s.efer, 0);
@@ -104,7 +110,13 @@ mod tests {
         };
         let r = regs(e);
         assert_eq!(r.rsi, layout::ZERO_PAGE_ADDR);
-        let s = sregs(e, DescriptorTable { base: 0x500, limit: 31 });
+        let s = sregs(
+            e,
+            DescriptorTable {
+                base: 0x500,
+                limit: 31,
+            },
+        );
         assert!(s.cs.l && !s.cs.db);
         assert_eq!(s.cr3, layout::PML4_ADDR);
         assert_eq!(s.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);

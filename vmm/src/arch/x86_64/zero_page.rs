@@ -62,7 +62,8 @@ pub fn build(
 /// Writes the zero page at [`layout::ZERO_PAGE_ADDR`].
 pub fn write<M: GuestMemory>(mem: &M, params: &BootParams) -> Result<(), ArchError> {
     let at = GuestAddress(layout::ZERO_PAGE_ADDR);
-    mem.write_obj(*params, at).map_err(write_err("zero page", at))
+    mem.write_obj(*params, at)
+        .map_err(write_err("zero page", at))
 }
 
 #[cfg(test)]
@@ -93,9 +94,11 @@ mod tests {
 
     #[test]
     fn keeps_bzimage_header_fields() {
-        let mut h = setup_header::default();
-        h.setup_sects = 27;
-        h.version = 0x20f;
+        let h = setup_header {
+            setup_sects: 27,
+            version: 0x20f,
+            ..Default::default()
+        };
         let p = build(Some(h), 256 << 20, 1, None);
         assert_eq!({ p.0.hdr.setup_sects }, 27);
         assert_eq!({ p.0.hdr.version }, 0x20f);
@@ -107,9 +110,13 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         write(&mem, &build(None, 1 << 20, 5, None)).unwrap();
         // boot_flag lives at offset 0x1fe of the zero page.
-        let flag: u16 = mem.read_obj(GuestAddress(layout::ZERO_PAGE_ADDR + 0x1fe)).unwrap();
+        let flag: u16 = mem
+            .read_obj(GuestAddress(layout::ZERO_PAGE_ADDR + 0x1fe))
+            .unwrap();
         assert_eq!(flag, 0xaa55);
-        let entries: u8 = mem.read_obj(GuestAddress(layout::ZERO_PAGE_ADDR + 0x1e8)).unwrap();
+        let entries: u8 = mem
+            .read_obj(GuestAddress(layout::ZERO_PAGE_ADDR + 0x1e8))
+            .unwrap();
         assert_eq!(entries, 2);
     }
 }

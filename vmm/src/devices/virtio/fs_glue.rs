@@ -25,7 +25,12 @@ impl VirtioDevice for fs::FsDevice {
         let cfg = self.config_space();
         read_config_bytes(&cfg, offset, data);
     }
-    fn process_queue(&self, mem: &GuestMemoryMmap, _index: usize, queue: &mut Queue) -> Result<bool, String> {
+    fn process_queue(
+        &self,
+        mem: &GuestMemoryMmap,
+        _index: usize,
+        queue: &mut Queue,
+    ) -> Result<bool, String> {
         fs::FsDevice::process_queue(self, mem, queue).map_err(|e| e.to_string())
     }
 }

@@ -77,7 +77,9 @@ impl Shared {
         if !self.active.load(Ordering::Acquire) {
             return;
         }
-        let Some(q) = self.queues.get(index) else { return };
+        let Some(q) = self.queues.get(index) else {
+            return;
+        };
         let mut q = q.lock().unwrap_or_else(|p| p.into_inner());
         match self.dev.process_queue(&self.mem, index, &mut q) {
             Ok(true) => self.raise(),
@@ -87,7 +89,8 @@ impl Shared {
     }
 
     fn raise(&self) {
-        self.interrupt_status.fetch_or(INT_USED_RING, Ordering::SeqCst);
+        self.interrupt_status
+            .fetch_or(INT_USED_RING, Ordering::SeqCst);
         if let Err(e) = self.irq.write(1) {
             log::warn!("{}: raising interrupt: {e}", self.dev.name());
         }
@@ -110,7 +113,11 @@ pub struct MmioTransport {
 
 impl MmioTransport {
     /// Wraps `dev`; `irq` is the eventfd that raises its interrupt.
-    pub fn new(dev: Arc<dyn VirtioDevice>, mem: GuestMemoryMmap, irq: EventFd) -> Result<Self, DeviceError> {
+    pub fn new(
+        dev: Arc<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        irq: EventFd,
+    ) -> Result<Self, DeviceError> {
         let name = dev.name();
         let efd = |what: &str| {
             EventFd::new(libc::EFD_NONBLOCK).map_err(|source| DeviceError::EventFd {
@@ -173,12 +180,20 @@ impl MmioTransport {
         let epoll = Epoll::new().map_err(thread_err)?;
         for (i, fd) in self.notify.iter().enumerate() {
             epoll
-                .ctl(ControlOperation::Add, fd.as_raw_fd(), EpollEvent::new(EventSet::IN, i as u64))
+                .ctl(
+                    ControlOperation::Add,
+                    fd.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, i as u64),
+                )
                 .map_err(thread_err)?;
         }
         let stop_token = u64::MAX;
         epoll
-            .ctl(ControlOperation::Add, self.stop.as_raw_fd(), EpollEvent::new(EventSet::IN, stop_token))
+            .ctl(
+                ControlOperation::Add,
+                self.stop.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, stop_token),
+            )
             .map_err(thread_err)?;
         let fds: Vec<EventFd> = self
             .notify
@@ -188,7 +203,7 @@ impl MmioTransport {
             .map_err(thread_err)?;
         let shared = self.shared.clone();
         let handle = std::thread::Builder::new()
-            .name(format!("{}", shared.dev.name()).chars().take(15).collect())
+            .name(shared.dev.name().to_string().chars().take(15).collect())
             .spawn(move || {
                 let mut events = vec![EpollEvent::default(); fds.len() + 1];
                 loop {
@@ -249,7 +264,11 @@ impl MmioTransport {
         }
         // The driver only ever adds bits; anything else is out of order.
         if new & self.status != self.status {
-            log::warn!("{}: status {new:#x} clears bits of {:#x}; ignored", self.shared.dev.name(), self.status);
+            log::warn!(
+                "{}: status {new:#x} clears bits of {:#x}; ignored",
+                self.shared.dev.name(),
+                self.status
+            );
             return;
         }
         let added = new & !self.status;
@@ -278,7 +297,10 @@ impl MmioTransport {
             let mut q = q.lock().unwrap_or_else(|p| p.into_inner());
             q.set_event_idx(event_idx);
             if q.ready() && !q.is_valid(&self.shared.mem) {
-                log::warn!("{}: a ready queue is not valid in guest memory", self.shared.dev.name());
+                log::warn!(
+                    "{}: a ready queue is not valid in guest memory",
+                    self.shared.dev.name()
+                );
                 return false;
             }
         }
@@ -304,7 +326,10 @@ impl MmioTransport {
             reg::STATUS => self.status,
             reg::CONFIG_GENERATION => self.config_generation,
             _ => {
-                log::debug!("{}: read of write-only or unknown register {offset:#x}", self.shared.dev.name());
+                log::debug!(
+                    "{}: read of write-only or unknown register {offset:#x}",
+                    self.shared.dev.name()
+                );
                 0
             }
         }
@@ -317,12 +342,20 @@ impl MmioTransport {
             reg::DRIVER_FEATURES_SEL => self.driver_features_sel = v,
             reg::DRIVER_FEATURES => {
                 if self.status & status::DRIVER == 0 || self.status & status::FEATURES_OK != 0 {
-                    log::warn!("{name}: driver features written in status {:#x}; ignored", self.status);
+                    log::warn!(
+                        "{name}: driver features written in status {:#x}; ignored",
+                        self.status
+                    );
                     return;
                 }
                 match self.driver_features_sel {
-                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
-                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
+                    0 => {
+                        self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                    }
                     _ => {}
                 }
             }
@@ -346,7 +379,10 @@ impl MmioTransport {
             | reg::QUEUE_USED_LOW
             | reg::QUEUE_USED_HIGH => {
                 if !self.queue_config_allowed() {
-                    log::warn!("{name}: queue register {offset:#x} written in status {:#x}; ignored", self.status);
+                    log::warn!(
+                        "{name}: queue register {offset:#x} written in status {:#x}; ignored",
+                        self.status
+                    );
                     return;
                 }
                 self.with_queue(|q| match offset {
@@ -371,8 +407,12 @@ impl BusDevice for MmioTransport {
             self.shared.dev.read_config(offset - reg::CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
-            log::warn!("{}: {}-byte read at {offset:#x}; registers are 4 bytes", self.shared.dev.name(), data.len());
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            log::warn!(
+                "{}: {}-byte read at {offset:#x}; registers are 4 bytes",
+                self.shared.dev.name(),
+                data.len()
+            );
             data.fill(0);
             return;
         }
@@ -384,11 +424,18 @@ impl BusDevice for MmioTransport {
             // virtio-fs config space is read-only.
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
-            log::warn!("{}: {}-byte write at {offset:#x}; registers are 4 bytes", self.shared.dev.name(), data.len());
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            log::warn!(
+                "{}: {}-byte write at {offset:#x}; registers are 4 bytes",
+                self.shared.dev.name(),
+                data.len()
+            );
             return;
         }
-        self.write_reg(offset, u32::from_le_bytes([data[0], data[1], data[2], data[3]]));
+        self.write_reg(
+            offset,
+            u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
+        );
     }
 }
 

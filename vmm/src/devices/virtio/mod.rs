@@ -36,7 +36,12 @@ pub trait VirtioDevice: Send + Sync {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Processes available buffers of queue `index`; returns whether the
     /// driver must be notified.
-    fn process_queue(&self, mem: &GuestMemoryMmap, index: usize, queue: &mut Queue) -> Result<bool, String>;
+    fn process_queue(
+        &self,
+        mem: &GuestMemoryMmap,
+        index: usize,
+        queue: &mut Queue,
+    ) -> Result<bool, String>;
 }
 
 /// Copies `cfg[offset..]` into `data`; bytes past the end read as zero.

@@ -66,7 +66,9 @@ pub fn load(mem: &GuestMemoryMmap, spec: &VmSpec) -> Result<Entry, EngineError> 
     let initrd = write_cmdline_and_initrd(mem, spec, result.kernel_end)?;
     mptable::write(mem, spec.cpus)?;
     let entry = match result.pvh_boot_cap {
-        PvhBootCapability::PvhEntryPresent(addr) if elf && spec.prefer_pvh => pvh_entry(mem, spec, addr.0, initrd)?,
+        PvhBootCapability::PvhEntryPresent(addr) if elf && spec.prefer_pvh => {
+            pvh_entry(mem, spec, addr.0, initrd)?
+        }
         _ => {
             let entry = if elf {
                 result.kernel_load.0
@@ -81,8 +83,14 @@ pub fn load(mem: &GuestMemoryMmap, spec: &VmSpec) -> Result<Entry, EngineError> 
 
 /// The zero-copy path for an ELF kernel (see `elf_map`); `None` when the
 /// image does not allow it.
-fn try_map_elf(mem: &GuestMemoryMmap, spec: &VmSpec, file: &File) -> std::io::Result<Option<Entry>> {
-    let Some(info) = super::elf_map::parse_file(file) else { return Ok(None) };
+fn try_map_elf(
+    mem: &GuestMemoryMmap,
+    spec: &VmSpec,
+    file: &File,
+) -> std::io::Result<Option<Entry>> {
+    let Some(info) = super::elf_map::parse_file(file) else {
+        return Ok(None);
+    };
     if !super::elf_map::mappable(&info, mem) {
         return Ok(None);
     }
@@ -97,7 +105,12 @@ fn try_map_elf(mem: &GuestMemoryMmap, spec: &VmSpec, file: &File) -> std::io::Re
     Ok(Some(entry))
 }
 
-fn pvh_entry(mem: &GuestMemoryMmap, spec: &VmSpec, entry: u64, initrd: Option<Initrd>) -> Result<Entry, EngineError> {
+fn pvh_entry(
+    mem: &GuestMemoryMmap,
+    spec: &VmSpec,
+    entry: u64,
+    initrd: Option<Initrd>,
+) -> Result<Entry, EngineError> {
     gdt::write(mem, &gdt::GDT_32)?;
     let start_info = pvh::write(mem, spec.memory, initrd)?;
     Ok(Entry::Pvh { entry, start_info })
@@ -117,7 +130,11 @@ fn linux64_entry(
     Ok(Entry::Linux64 { entry, cr3 })
 }
 
-fn write_cmdline_and_initrd(mem: &GuestMemoryMmap, spec: &VmSpec, kernel_end: u64) -> Result<Option<Initrd>, EngineError> {
+fn write_cmdline_and_initrd(
+    mem: &GuestMemoryMmap,
+    spec: &VmSpec,
+    kernel_end: u64,
+) -> Result<Option<Initrd>, EngineError> {
     let cmd = cmdline(spec);
     if cmd.len() + 1 > layout::CMDLINE_MAX {
         return Err(ArchError::CmdlineTooLong {
@@ -129,7 +146,10 @@ fn write_cmdline_and_initrd(mem: &GuestMemoryMmap, spec: &VmSpec, kernel_end: u6
     let mut bytes = cmd.clone().into_bytes();
     bytes.push(0);
     mem.write_slice(&bytes, GuestAddress(layout::CMDLINE_ADDR))
-        .map_err(crate::arch::x86_64::write_err("command line", GuestAddress(layout::CMDLINE_ADDR)))
+        .map_err(crate::arch::x86_64::write_err(
+            "command line",
+            GuestAddress(layout::CMDLINE_ADDR),
+        ))
         .map_err(EngineError::Arch)?;
 
     match &spec.initrd {
@@ -152,17 +172,28 @@ fn place_initrd(
     if addr < kernel_end {
         return Err(ArchError::InitrdTooLarge { size, limit }.into());
     }
-    let werr = |at: u64| move |e| EngineError::Arch(crate::arch::x86_64::write_err("initramfs", GuestAddress(at))(e));
-    mem.write_slice(&data.head, GuestAddress(addr)).map_err(werr(addr))?;
+    let werr = |at: u64| {
+        move |e| {
+            EngineError::Arch(crate::arch::x86_64::write_err(
+                "initramfs",
+                GuestAddress(at),
+            )(e))
+        }
+    };
+    mem.write_slice(&data.head, GuestAddress(addr))
+        .map_err(werr(addr))?;
     let init_at = addr + data.head.len() as u64;
     // Map init's pages from hutch's own file when it is page aligned there
     // and in the archive; copy otherwise.
     let mapped = data.init.as_ptr() == crate::guest_init::INIT.as_ptr()
         && crate::guest_init::file_location()
-            .and_then(|(f, off)| super::elf_map::map_file(mem, init_at, &f, off, data.init.len() as u64).ok())
+            .and_then(|(f, off)| {
+                super::elf_map::map_file(mem, init_at, &f, off, data.init.len() as u64).ok()
+            })
             .is_some();
     if !mapped {
-        mem.write_slice(data.init, GuestAddress(init_at)).map_err(werr(init_at))?;
+        mem.write_slice(data.init, GuestAddress(init_at))
+            .map_err(werr(init_at))?;
         crate::guest_init::release_pages();
     }
     let tail_at = init_at + data.init.len() as u64;
@@ -172,9 +203,11 @@ fn place_initrd(
     let mut tail = data.tail.clone();
     tail.resize((page_end - tail_at) as usize, 0);
     if page_end <= limit {
-        mem.write_slice(&tail, GuestAddress(tail_at)).map_err(werr(tail_at))?;
+        mem.write_slice(&tail, GuestAddress(tail_at))
+            .map_err(werr(tail_at))?;
     } else {
-        mem.write_slice(&data.tail, GuestAddress(tail_at)).map_err(werr(tail_at))?;
+        mem.write_slice(&data.tail, GuestAddress(tail_at))
+            .map_err(werr(tail_at))?;
     }
     Ok(Initrd { addr, size })
 }

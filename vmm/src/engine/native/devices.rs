@@ -50,8 +50,13 @@ pub fn build<V: Vm>(
 
     let serial_irq = efd("COM1 interrupt")?;
     vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, ConsoleWriter(console))));
-    buses.pio.insert(u64::from(COM1_PORT), COM1_LEN, serial.clone())?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        serial_irq,
+        ConsoleWriter(console),
+    )));
+    buses
+        .pio
+        .insert(u64::from(COM1_PORT), COM1_LEN, serial.clone())?;
     buses.pio.insert(
         u64::from(hutch_proto::BOOT_TIMER_PORT),
         1,
@@ -62,7 +67,11 @@ pub fn build<V: Vm>(
         4,
         Arc::new(Mutex::new(ExitPort(ctl.clone()))),
     )?;
-    buses.pio.insert(u64::from(I8042_PORT), 1, Arc::new(Mutex::new(I8042Reset(ctl))))?;
+    buses.pio.insert(
+        u64::from(I8042_PORT),
+        1,
+        Arc::new(Mutex::new(I8042Reset(ctl))),
+    )?;
 
     for (i, share) in shares.into_iter().enumerate() {
         let base = layout::virtio_mmio_addr(i);
@@ -75,7 +84,11 @@ pub fn build<V: Vm>(
         for (q, fd) in transport.notify_fds().iter().enumerate() {
             vm.register_ioeventfd(fd, base + reg::QUEUE_NOTIFY, q as u32)?;
         }
-        buses.mmio.insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        buses.mmio.insert(
+            base,
+            layout::VIRTIO_MMIO_SIZE,
+            Arc::new(Mutex::new(transport)),
+        )?;
     }
     Ok(NativeDevices {
         buses: Arc::new(buses),

@@ -11,7 +11,9 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
 
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
@@ -49,7 +51,10 @@ fn u64_at(b: &[u8], o: usize) -> Option<u64> {
 
 /// Parses a little-endian ELF64 image held in memory. `None` if it is not one.
 pub fn parse(img: &[u8]) -> Option<ElfInfo> {
-    parse_with(img, |off, len| img.get(off as usize..(off as usize).checked_add(len)?).map(<[u8]>::to_vec))
+    parse_with(img, |off, len| {
+        img.get(off as usize..(off as usize).checked_add(len)?)
+            .map(<[u8]>::to_vec)
+    })
 }
 
 /// Parses the ELF64 file's header, program headers and PVH note, reading
@@ -88,7 +93,12 @@ fn parse_with(head: &[u8], read_at: impl Fn(u64, usize) -> Option<Vec<u8>>) -> O
         let filesz = u64_at(head, ph + 32)?;
         let memsz = u64_at(head, ph + 40)?;
         match kind {
-            PT_LOAD if memsz > 0 => segments.push(Segment { offset, paddr, filesz, memsz }),
+            PT_LOAD if memsz > 0 => segments.push(Segment {
+                offset,
+                paddr,
+                filesz,
+                memsz,
+            }),
             PT_NOTE if pvh_entry.is_none() && filesz <= 1 << 20 => {
                 pvh_entry = read_at(offset, filesz as usize).and_then(|n| find_pvh_note(&n));
             }
@@ -96,7 +106,12 @@ fn parse_with(head: &[u8], read_at: impl Fn(u64, usize) -> Option<Vec<u8>>) -> O
         }
     }
     let end = segments.iter().map(|s| s.paddr + s.memsz).max()?;
-    Some(ElfInfo { entry, pvh_entry, segments, end })
+    Some(ElfInfo {
+        entry,
+        pvh_entry,
+        segments,
+        end,
+    })
 }
 
 fn find_pvh_note(notes: &[u8]) -> Option<u64> {
@@ -154,8 +169,14 @@ pub fn map(file: &File, info: &ElfInfo, mem: &GuestMemoryMmap) -> std::io::Resul
 
 /// Maps `len` bytes of `file` at `offset` (page aligned) over guest memory at
 /// `gpa` (page aligned), copy-on-write. The last page is mapped whole.
-pub fn map_file(mem: &GuestMemoryMmap, gpa: u64, file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    if gpa % PAGE != 0 || offset % PAGE != 0 {
+pub fn map_file(
+    mem: &GuestMemoryMmap,
+    gpa: u64,
+    file: &File,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    if !gpa.is_multiple_of(PAGE) || !offset.is_multiple_of(PAGE) {
         return Err(std::io::Error::other("unaligned file mapping"));
     }
     let region = mem
@@ -203,14 +224,15 @@ mod tests {
         b[32..40].copy_from_slice(&64u64.to_le_bytes());
         b[54..56].copy_from_slice(&56u16.to_le_bytes());
         b[56..58].copy_from_slice(&3u16.to_le_bytes());
-        let ph = |b: &mut Vec<u8>, i: usize, kind: u32, off: u64, paddr: u64, fsz: u64, msz: u64| {
-            let o = 64 + i * 56;
-            b[o..o + 4].copy_from_slice(&kind.to_le_bytes());
-            b[o + 8..o + 16].copy_from_slice(&off.to_le_bytes());
-            b[o + 24..o + 32].copy_from_slice(&paddr.to_le_bytes());
-            b[o + 32..o + 40].copy_from_slice(&fsz.to_le_bytes());
-            b[o + 40..o + 48].copy_from_slice(&msz.to_le_bytes());
-        };
+        let ph =
+            |b: &mut Vec<u8>, i: usize, kind: u32, off: u64, paddr: u64, fsz: u64, msz: u64| {
+                let o = 64 + i * 56;
+                b[o..o + 4].copy_from_slice(&kind.to_le_bytes());
+                b[o + 8..o + 16].copy_from_slice(&off.to_le_bytes());
+                b[o + 24..o + 32].copy_from_slice(&paddr.to_le_bytes());
+                b[o + 32..o + 40].copy_from_slice(&fsz.to_le_bytes());
+                b[o + 40..o + 48].copy_from_slice(&msz.to_le_bytes());
+            };
         ph(&mut b, 0, PT_LOAD, 4096, 0x20_0000, 100, 100);
         ph(&mut b, 1, PT_LOAD, 8192, 0x30_0000, 10, 8192);
         ph(&mut b, 2, PT_NOTE, 1024, 0, 24, 24);
@@ -245,7 +267,11 @@ mod tests {
         let img = elf();
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&img).unwrap();
-        assert_eq!(parse_file(&f), parse(&img), "reading parts of the file = parsing all of it");
+        assert_eq!(
+            parse_file(&f),
+            parse(&img),
+            "reading parts of the file = parsing all of it"
+        );
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
         let info = parse(&img).unwrap();
         assert!(mappable(&info, &mem));
@@ -253,7 +279,10 @@ mod tests {
         let mut seg0 = vec![0u8; 4096];
         mem.read_slice(&mut seg0, GuestAddress(0x20_0000)).unwrap();
         assert!(seg0[..100].iter().all(|b| *b == 0xaa));
-        assert!(seg0[100..].iter().all(|b| *b == 0), "tail of the page cleared");
+        assert!(
+            seg0[100..].iter().all(|b| *b == 0),
+            "tail of the page cleared"
+        );
         let mut seg1 = vec![1u8; 8192];
         mem.read_slice(&mut seg1, GuestAddress(0x30_0000)).unwrap();
         assert!(seg1[..10].iter().all(|b| *b == 0xbb));
@@ -261,7 +290,13 @@ mod tests {
         // Guest writes stay private.
         mem.write_obj(0x55u8, GuestAddress(0x20_0000)).unwrap();
         let mut again = vec![0u8; 1];
-        std::io::Read::read_exact(&mut std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(4096)).map(|_| &f).unwrap(), &mut again).unwrap();
+        std::io::Read::read_exact(
+            &mut std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(4096))
+                .map(|_| &f)
+                .unwrap(),
+            &mut again,
+        )
+        .unwrap();
         assert_eq!(again[0], 0xaa);
     }
 

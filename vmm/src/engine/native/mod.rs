@@ -51,7 +51,8 @@ pub fn run(mut spec: VmSpec) -> Result<VmOutcome, EngineError> {
     let mut console = HostConsole::new(std::io::stdout(), std::io::stderr(), spec.echo_console);
     if let Some(observe) = spec.on_console_line.take() {
         let ctl = ctl.clone();
-        let stop = move || ctl.request_stop(StopReason::HostRequest("console milestone reached".into()));
+        let stop =
+            move || ctl.request_stop(StopReason::HostRequest("console milestone reached".into()));
         console.set_line_observer(observe, Box::new(stop));
     }
     let gate = console.ready_gate();
@@ -90,6 +91,9 @@ pub fn run(mut spec: VmSpec) -> Result<VmOutcome, EngineError> {
 fn watchdog(ctl: Arc<RunControl>, limit: Duration) {
     std::thread::spawn(move || {
         std::thread::sleep(limit);
-        ctl.request_stop(StopReason::HostRequest(format!("time limit of {} s reached", limit.as_secs())));
+        ctl.request_stop(StopReason::HostRequest(format!(
+            "time limit of {} s reached",
+            limit.as_secs()
+        )));
     });
 }

@@ -32,11 +32,15 @@ pub fn top_mappings(mem: &GuestMemoryMmap, n: usize) -> Vec<(u64, String)> {
             }
         }
         if let (Some(m), true) = (&current, line.starts_with("Rss:")) {
-            let kib = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let kib = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             out.push((kib, m.clone()));
         }
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|m| std::cmp::Reverse(m.0));
     out.truncate(n);
     out
 }
@@ -57,7 +61,12 @@ pub fn sum_outside(smaps: &str, exclude: &[(u64, u64)]) -> (u64, u64) {
         if !counted {
             continue;
         }
-        let kib = || line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let kib = || {
+            line.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         if line.starts_with("Rss:") {
             rss += kib();
         } else if line.starts_with("Anonymous:") {
@@ -90,7 +99,8 @@ Anonymous:            30 kB
 
     #[test]
     fn reads_this_process() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
         let (rss, anon) = vmm_rss_kib(&mem).unwrap();
         assert!(rss > 0 && anon <= rss);
     }

@@ -69,7 +69,10 @@ where
         let msrs = msr::boot_msrs();
         let set = vcpu.set_msrs(&msrs)?;
         if set < msrs.len() {
-            log::debug!("vCPU {id}: hypervisor took {set} of {} boot MSRs", msrs.len());
+            log::debug!(
+                "vCPU {id}: hypervisor took {set} of {} boot MSRs",
+                msrs.len()
+            );
         }
         vcpu.set_lapic_lints()?;
         vcpu.init_fpu()?;
@@ -140,7 +143,10 @@ mod tests {
         fn run(&mut self, io: &dyn ExitHandler) -> Result<VcpuExit, HvError> {
             let next = self.script.pop_front().unwrap_or(Ok(VcpuExit::Interrupted));
             if matches!(next, Ok(VcpuExit::Io)) {
-                io.pio_write(hutch_proto::BOOT_TIMER_PORT, &[hutch_proto::Milestone::InitStart as u8]);
+                io.pio_write(
+                    hutch_proto::BOOT_TIMER_PORT,
+                    &[hutch_proto::Milestone::InitStart as u8],
+                );
             }
             std::thread::sleep(Duration::from_millis(1));
             next
@@ -153,7 +159,9 @@ mod tests {
             .insert(
                 u64::from(hutch_proto::BOOT_TIMER_PORT),
                 1,
-                Arc::new(std::sync::Mutex::new(crate::devices::legacy::BootTimer(ctl.clone()))),
+                Arc::new(std::sync::Mutex::new(crate::devices::legacy::BootTimer(
+                    ctl.clone(),
+                ))),
             )
             .unwrap();
         Arc::new(b)
@@ -163,15 +171,31 @@ mod tests {
     fn exits_map_to_continue_or_stop() {
         assert_eq!(handle_exit(0, Ok(VcpuExit::Io)), None);
         assert_eq!(handle_exit(0, Ok(VcpuExit::Interrupted)), None);
-        assert!(matches!(handle_exit(0, Ok(VcpuExit::Shutdown)), Some(StopReason::GuestShutdown(_))));
-        assert!(matches!(handle_exit(1, Ok(VcpuExit::FailEntry { reason: 7 })), Some(StopReason::Error(m)) if m.contains("vCPU 1")));
-        assert!(matches!(handle_exit(0, Ok(VcpuExit::InternalError { suberror: 1, rip: 0 })), Some(StopReason::Error(_))));
+        assert!(matches!(
+            handle_exit(0, Ok(VcpuExit::Shutdown)),
+            Some(StopReason::GuestShutdown(_))
+        ));
+        assert!(
+            matches!(handle_exit(1, Ok(VcpuExit::FailEntry { reason: 7 })), Some(StopReason::Error(m)) if m.contains("vCPU 1"))
+        );
+        assert!(matches!(
+            handle_exit(
+                0,
+                Ok(VcpuExit::InternalError {
+                    suberror: 1,
+                    rip: 0
+                })
+            ),
+            Some(StopReason::Error(_))
+        ));
         let err = HvError::Vcpu {
             vcpu: 2,
             op: "KVM_RUN",
             source: std::io::Error::from_raw_os_error(libc::EFAULT),
         };
-        assert!(matches!(handle_exit(2, Err(err)), Some(StopReason::Error(m)) if m.contains("vCPU 2")));
+        assert!(
+            matches!(handle_exit(2, Err(err)), Some(StopReason::Error(m)) if m.contains("vCPU 2"))
+        );
     }
 
     #[test]
@@ -179,13 +203,24 @@ mod tests {
         let ctl = Arc::new(RunControl::new(Instant::now()));
         let mut v = FakeVcpu {
             id: 0,
-            script: VecDeque::from(vec![Ok(VcpuExit::Io), Ok(VcpuExit::Mmio), Ok(VcpuExit::Shutdown), Ok(VcpuExit::Io)]),
+            script: VecDeque::from(vec![
+                Ok(VcpuExit::Io),
+                Ok(VcpuExit::Mmio),
+                Ok(VcpuExit::Shutdown),
+                Ok(VcpuExit::Io),
+            ]),
         };
         run_loop(&mut v, &buses(&ctl), &ctl);
         assert!(matches!(ctl.reason(), Some(StopReason::GuestShutdown(_))));
         assert_eq!(v.script.len(), 1, "stopped right after the shutdown exit");
         let phases: Vec<Phase> = ctl.phases().into_iter().map(|p| p.0).collect();
-        assert_eq!(phases, vec![Phase::FirstRun, Phase::Guest(hutch_proto::Milestone::InitStart)]);
+        assert_eq!(
+            phases,
+            vec![
+                Phase::FirstRun,
+                Phase::Guest(hutch_proto::Milestone::InitStart)
+            ]
+        );
     }
 
     #[test]
@@ -200,8 +235,15 @@ mod tests {
             script: VecDeque::from(vec![Ok(VcpuExit::Io), Ok(VcpuExit::SystemShutdown)]),
         };
         let t = Instant::now();
-        run_all(vec![forever(0), forever(1), stopper], buses(&ctl), ctl.clone());
-        assert!(matches!(ctl.reason(), Some(StopReason::GuestShutdown("power off"))));
+        run_all(
+            vec![forever(0), forever(1), stopper],
+            buses(&ctl),
+            ctl.clone(),
+        );
+        assert!(matches!(
+            ctl.reason(),
+            Some(StopReason::GuestShutdown("power off"))
+        ));
         assert!(t.elapsed() < Duration::from_secs(10));
     }
 }

@@ -1,11 +1,13 @@
 //! A KVM vCPU: register setup and the `KVM_RUN` exit translation.
 
 use kvm_bindings::{
-    kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, kvm_cpuid_entry2,
+    kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs,
 };
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
 
-use crate::hypervisor::x86_64::{CpuidEntry, DescriptorTable, Regs, Segment, SpecialRegs, VcpuX86_64};
+use crate::hypervisor::x86_64::{
+    CpuidEntry, DescriptorTable, Regs, Segment, SpecialRegs, VcpuX86_64,
+};
 use crate::hypervisor::{ExitHandler, HvError, Vcpu, VcpuExit};
 
 const APIC_LVT0: usize = 0x350;
@@ -95,7 +97,8 @@ impl Vcpu for KvmVcpu {
                 KvmExit::InternalError => {
                     // SAFETY: on KVM_EXIT_INTERNAL_ERROR the kernel filled the
                     // `internal` member of the exit union.
-                    let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                    let suberror =
+                        unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
                     let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
                     VcpuExit::InternalError { suberror, rip }
                 }
@@ -178,7 +181,9 @@ impl VcpuX86_64 for KvmVcpu {
             op: "building CPUID table",
             source: std::io::Error::from_raw_os_error(libc::E2BIG),
         })?;
-        self.fd.set_cpuid2(&cpuid).map_err(self.err("KVM_SET_CPUID2"))
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(self.err("KVM_SET_CPUID2"))
     }
 
     fn set_msrs(&self, msrs: &[(u32, u64)]) -> Result<usize, HvError> {

@@ -1,6 +1,8 @@
 //! A KVM VM: memory slots, in-kernel irqchip and PIT, irqfd and ioeventfd.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -68,16 +70,21 @@ impl Vm for KvmVm {
     type Vcpu = KvmVcpu;
 
     fn create_vcpu(&self, id: u8) -> Result<KvmVcpu, HvError> {
-        let fd = self.fd.create_vcpu(u64::from(id)).map_err(|e| HvError::Vcpu {
-            vcpu: id,
-            op: "KVM_CREATE_VCPU",
-            source: e.into(),
-        })?;
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(|e| HvError::Vcpu {
+                vcpu: id,
+                op: "KVM_CREATE_VCPU",
+                source: e.into(),
+            })?;
         Ok(KvmVcpu::new(id, fd))
     }
 
     fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), HvError> {
-        self.fd.register_irqfd(evt, gsi).map_err(vm_err("KVM_IRQFD"))
+        self.fd
+            .register_irqfd(evt, gsi)
+            .map_err(vm_err("KVM_IRQFD"))
     }
 
     fn register_ioeventfd(&self, evt: &EventFd, addr: u64, datamatch: u32) -> Result<(), HvError> {
@@ -92,7 +99,9 @@ impl VmX86_64 for KvmVm {
         self.fd
             .set_tss_address(KVM_TSS_ADDR)
             .map_err(vm_err("KVM_SET_TSS_ADDR"))?;
-        self.fd.create_irq_chip().map_err(vm_err("KVM_CREATE_IRQCHIP"))?;
+        self.fd
+            .create_irq_chip()
+            .map_err(vm_err("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()

@@ -30,7 +30,12 @@ impl VirtioDevice for Dummy {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         super::super::read_config_bytes(b"tagname\0", offset, data);
     }
-    fn process_queue(&self, _mem: &GuestMemoryMmap, _index: usize, _queue: &mut Queue) -> Result<bool, String> {
+    fn process_queue(
+        &self,
+        _mem: &GuestMemoryMmap,
+        _index: usize,
+        _queue: &mut Queue,
+    ) -> Result<bool, String> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Ok(true)
     }
@@ -70,7 +75,11 @@ fn negotiate(t: &mut MmioTransport, features: u64) {
     w(t, reg::DRIVER_FEATURES, features as u32);
     w(t, reg::DRIVER_FEATURES_SEL, 1);
     w(t, reg::DRIVER_FEATURES, (features >> 32) as u32);
-    w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    w(
+        t,
+        reg::STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
 }
 
 fn setup_queue(t: &mut MmioTransport, i: u32, base: u64) {
@@ -135,12 +144,24 @@ fn features_only_in_driver_state_and_must_be_offered() {
     w(&mut f.t, reg::DRIVER_FEATURES_SEL, 1);
     w(&mut f.t, reg::DRIVER_FEATURES, 1);
     w(&mut f.t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-    w(&mut f.t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
-    assert_eq!(f.t.status() & status::FEATURES_OK, 0, "no VERSION_1 accepted");
+    w(
+        &mut f.t,
+        reg::STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
+    assert_eq!(
+        f.t.status() & status::FEATURES_OK,
+        0,
+        "no VERSION_1 accepted"
+    );
 
     let mut f = fixture();
     negotiate(&mut f.t, F_VERSION_1 | (1 << 5));
-    assert_eq!(f.t.status() & status::FEATURES_OK, 0, "unoffered bit 5 rejected");
+    assert_eq!(
+        f.t.status() & status::FEATURES_OK,
+        0,
+        "unoffered bit 5 rejected"
+    );
 
     let mut f = fixture();
     negotiate(&mut f.t, F_VERSION_1);
@@ -156,7 +177,11 @@ fn queue_registers_only_between_features_ok_and_driver_ok() {
     let mut f = fixture();
     setup_queue(&mut f.t, 0, 0x10000);
     w(&mut f.t, reg::QUEUE_SEL, 0);
-    assert_eq!(r(&mut f.t, reg::QUEUE_READY), 0, "queue setup before FEATURES_OK ignored");
+    assert_eq!(
+        r(&mut f.t, reg::QUEUE_READY),
+        0,
+        "queue setup before FEATURES_OK ignored"
+    );
     negotiate(&mut f.t, F_VERSION_1);
     setup_queue(&mut f.t, 0, 0x10000);
     w(&mut f.t, reg::QUEUE_SEL, 0);
@@ -168,7 +193,10 @@ fn status_cannot_clear_bits_and_zero_resets() {
     let mut f = fixture();
     negotiate(&mut f.t, F_VERSION_1);
     w(&mut f.t, reg::STATUS, status::ACKNOWLEDGE);
-    assert!(f.t.status() & status::FEATURES_OK != 0, "clearing bits ignored");
+    assert!(
+        f.t.status() & status::FEATURES_OK != 0,
+        "clearing bits ignored"
+    );
     w(&mut f.t, reg::STATUS, 0);
     assert_eq!(f.t.status(), 0);
     assert_eq!(f.t.driver_features, 0);
@@ -178,7 +206,11 @@ fn status_cannot_clear_bits_and_zero_resets() {
 fn driver_ok_without_features_ok_fails_the_device() {
     let mut f = fixture();
     w(&mut f.t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-    w(&mut f.t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK);
+    w(
+        &mut f.t,
+        reg::STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+    );
     assert_eq!(f.t.status() & status::DRIVER_OK, 0);
 }
 
@@ -188,7 +220,11 @@ fn invalid_queue_address_fails_activation() {
     negotiate(&mut f.t, F_VERSION_1);
     // Rings beyond the 1 MiB of guest memory.
     setup_queue(&mut f.t, 0, 0x4000_0000);
-    w(&mut f.t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+    w(
+        &mut f.t,
+        reg::STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+    );
     assert!(f.t.status() & status::FAILED != 0);
     assert_eq!(f.t.status() & status::DRIVER_OK, 0);
 }
@@ -202,7 +238,11 @@ fn notify_runs_the_device_and_raises_the_interrupt() {
     w(&mut f.t, reg::QUEUE_NOTIFY, 1);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(f.dev.calls.load(Ordering::SeqCst), 0);
-    w(&mut f.t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+    w(
+        &mut f.t,
+        reg::STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+    );
     assert!(f.t.status() & status::DRIVER_OK != 0);
     w(&mut f.t, reg::QUEUE_NOTIFY, 1);
     let deadline = Instant::now() + Duration::from_secs(5);

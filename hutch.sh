@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# hutch.sh: one command from a fresh checkout to a running sandbox, or to a
+# full test run. It installs the Debian packages hutch needs (when run as
+# root, or through sudo), builds hutch, and then:
+#
+#   ./hutch.sh run [WORKSPACE] [-- CMD...]   runs hutch (any subcommand), building
+#                                            the guest kernel on first use
+#   ./hutch.sh test                          runs the whole test suite (what CI runs)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+TRIPLE=x86_64-unknown-linux-gnu
+PACKAGES=(qemu-system-x86 linux-source-6.1 gcc make bc bison flex libelf-dev libssl-dev xz-utils patch cpio)
+
+say() { printf 'hutch.sh: %s\n' "$*" >&2; }
+
+install_packages() {
+    local missing=() p
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo=(sudo)
+        else
+            say "missing Debian packages; install them with: apt-get install -y ${missing[*]}"
+            exit 1
+        fi
+    fi
+    say "installing ${missing[*]}"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2
+}
+
+run_tests() {
+    cd "$ROOT"
+    local bin="target/$TRIPLE/debug/hutch"
+    say "format and lints"
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+    say "build"
+    cargo build --workspace --locked
+    say "guest kernel (built once, then cached)"
+    "$bin" kernel build
+    "$bin" doctor || true
+    rm -f "target/$TRIPLE/e2e-report.txt"
+    say "tests"
+    cargo test --workspace --locked
+    say "engines the end-to-end tests ran on:"
+    sort "target/$TRIPLE/e2e-report.txt" >&2
+}
+
+case "${1:-}" in
+    test)
+        install_packages
+        run_tests
+        ;;
+    "" | -h | --help)
+        sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+        ;;
+    *)
+        install_packages
+        (cd "$ROOT" && cargo build --release --locked -q -p hutch) >&2
+        exec "$ROOT/target/$TRIPLE/release/hutch" "$@"
+        ;;
+esac
