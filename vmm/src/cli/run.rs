@@ -99,8 +99,9 @@ pub fn guest_cwd(ws: &Path) -> PathBuf {
 }
 
 fn run(args: RunArgs, started: Instant) -> Result<i32, String> {
-    // Check the cheap things first, before any engine or kernel work.
-    workspace(args.workspace.as_deref())?;
+    // Check what the user gave first, before any engine or kernel work, so
+    // bad input gets the same answer on every host.
+    check_args(&args)?;
     let kvm = detect::HostFacts::probe().kind();
     let (engine, notice) = engine::resolve(args.engine, kvm, detect::find_qemu().is_some())?;
     let vm = vm_spec(&args, engine, started)?;
@@ -116,6 +117,22 @@ fn run(args: RunArgs, started: Instant) -> Result<i32, String> {
         print_timings(&outcome, engine, started);
     }
     exit_status(&outcome)
+}
+
+/// Validates the workspace, sizes, environment and kernel path.
+pub fn check_args(args: &RunArgs) -> Result<(), String> {
+    workspace(args.workspace.as_deref())?;
+    if let Some(m) = &args.memory {
+        size::check_memory(m, size::host_memory()).map_err(|e| e.to_string())?;
+    }
+    if let Some(c) = args.cpus {
+        size::check_cpus(c, size::host_cpus()).map_err(|e| e.to_string())?;
+    }
+    guest_env(&args.env)?;
+    match &args.kernel {
+        Some(k) if !k.is_file() => Err(format!("kernel {}: no such file", k.display())),
+        _ => Ok(()),
+    }
 }
 
 /// Everything `run` boots, from the command line: workspace, sizes, command,
