@@ -102,7 +102,8 @@ pub trait Hypervisor {
 /// A VM: owns guest memory mappings, interrupt routing and vCPUs.
 pub trait Vm: Send + Sync {
     type Vcpu: Vcpu;
-    /// Creates vCPU `id` (its APIC id on x86).
+    /// Creates vCPU `id` (its APIC id on x86). Called on the thread that
+    /// will run it.
     fn create_vcpu(&self, id: u8) -> Result<Self::Vcpu, HvError>;
     /// Raises `gsi` (edge) each time `evt` is written.
     fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), HvError>;
@@ -111,8 +112,9 @@ pub trait Vm: Send + Sync {
     fn register_ioeventfd(&self, evt: &EventFd, addr: u64, datamatch: u32) -> Result<(), HvError>;
 }
 
-/// A virtual CPU. Runs on one thread.
-pub trait Vcpu: Send {
+/// A virtual CPU. Created, configured and run on one thread (HVF requires
+/// `hv_vcpu_*` calls on the vCPU's own thread), so it need not be `Send`.
+pub trait Vcpu {
     /// The vCPU's index.
     fn id(&self) -> u8;
     /// Runs until the next exit; port and MMIO exits are handled through `io`.

@@ -60,13 +60,17 @@ pub fn run(mut spec: VmSpec) -> Result<VmOutcome, EngineError> {
     let devs = devices::build(vm.as_ref(), &mem, shares, ctl.clone(), console.clone())?;
 
     ctl.mark(Phase::Vmm("devices created"));
-    let vcpus = vcpu::create_all(vm.as_ref(), spec.cpus, entry)?;
-    ctl.mark(Phase::Vmm("vCPUs configured"));
     if let Some(limit) = spec.time_limit {
         watchdog(ctl.clone(), limit);
     }
     devs.forward_stdin(ctl.clone(), gate, spec.forward_stdin);
-    vcpu::run_all(vcpus, devs.buses.clone(), ctl.clone());
+    vcpu::run_all(
+        vm.clone(),
+        spec.cpus,
+        entry,
+        devs.buses.clone(),
+        ctl.clone(),
+    );
     let vmm_rss_kib = spec.measure_rss.then(|| rss::vmm_rss_kib(&mem)).flatten();
     if spec.measure_rss && std::env::var_os("HUTCH_BENCH_VERBOSE").is_some() {
         for (kib, m) in rss::top_mappings(&mem, 12) {

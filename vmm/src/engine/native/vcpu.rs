@@ -4,7 +4,7 @@
 //! loop or stops the VM with a [`StopReason`]. It is a pure function so it is
 //! tested without a hypervisor.
 
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -53,56 +53,81 @@ pub fn run_loop<V: Vcpu>(vcpu: &mut V, io: &Buses, ctl: &RunControl) {
     }
 }
 
-/// Creates and configures `count` vCPUs; vCPU 0 gets the boot state.
-pub fn create_all<V>(vm: &V, count: u8, entry: Entry) -> Result<Vec<V::Vcpu>, HvError>
+/// Creates vCPU `id` of `count` and configures it; vCPU 0 gets the boot state.
+pub fn configure<V>(vm: &V, id: u8, count: u8, entry: Entry) -> Result<V::Vcpu, HvError>
 where
     V: Vm + VmX86_64,
     V::Vcpu: VcpuX86_64,
 {
-    let supported = vm.supported_cpuid()?;
-    let mut out = Vec::with_capacity(count as usize);
-    for id in 0..count {
-        let vcpu = vm.create_vcpu(id)?;
-        let mut leaves = supported.clone();
-        cpuid::patch(&mut leaves, id, count);
-        vcpu.set_cpuid(&leaves)?;
-        let msrs = msr::boot_msrs();
-        let set = vcpu.set_msrs(&msrs)?;
-        if set < msrs.len() {
-            log::debug!(
-                "vCPU {id}: hypervisor took {set} of {} boot MSRs",
-                msrs.len()
-            );
-        }
-        vcpu.set_lapic_lints()?;
-        vcpu.init_fpu()?;
-        if id == 0 {
-            let gdtr = DescriptorTable {
-                base: layout::GDT_ADDR,
-                limit: (gdt::GDT_64.len() * 8 - 1) as u16,
-            };
-            vcpu.set_sregs(&regs::sregs(entry, gdtr))?;
-            vcpu.set_regs(&regs::regs(entry))?;
-        }
-        out.push(vcpu);
+    let vcpu = vm.create_vcpu(id)?;
+    let mut leaves = vm.supported_cpuid()?;
+    cpuid::patch(&mut leaves, id, count);
+    vcpu.set_cpuid(&leaves)?;
+    let msrs = msr::boot_msrs();
+    let set = vcpu.set_msrs(&msrs)?;
+    if set < msrs.len() {
+        log::debug!(
+            "vCPU {id}: hypervisor took {set} of {} boot MSRs",
+            msrs.len()
+        );
     }
-    Ok(out)
+    vcpu.set_lapic_lints()?;
+    vcpu.init_fpu()?;
+    if id == 0 {
+        let gdtr = DescriptorTable {
+            base: layout::GDT_ADDR,
+            limit: (gdt::GDT_64.len() * 8 - 1) as u16,
+        };
+        vcpu.set_sregs(&regs::sregs(entry, gdtr))?;
+        vcpu.set_regs(&regs::regs(entry))?;
+    }
+    Ok(vcpu)
+}
+
+/// Runs the VM's `count` vCPUs, each created and configured on its own thread.
+pub fn run_all<V>(vm: Arc<V>, count: u8, entry: Entry, io: Arc<Buses>, ctl: Arc<RunControl>)
+where
+    V: Vm + VmX86_64 + 'static,
+    V::Vcpu: VcpuX86_64,
+{
+    run_threads(
+        count,
+        move |id| configure(vm.as_ref(), id, count, entry),
+        io,
+        ctl,
+    );
 }
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-/// Runs every vCPU on its own thread until the VM stops, then kicks and
-/// joins them all.
-pub fn run_all<C: Vcpu + 'static>(vcpus: Vec<C>, io: Arc<Buses>, ctl: Arc<RunControl>) {
+/// Runs `count` vCPU threads. Each makes its vCPU with `make`, all wait
+/// until every vCPU exists, then run until the VM stops; then every thread is
+/// kicked out of the guest and joined.
+pub fn run_threads<C, F>(count: u8, make: F, io: Arc<Buses>, ctl: Arc<RunControl>)
+where
+    C: Vcpu,
+    F: Fn(u8) -> Result<C, HvError> + Send + Sync + 'static,
+{
     // Registering twice is harmless; the handler does nothing but interrupt KVM_RUN.
     let _ = register_signal_handler(kick_signal(), on_kick);
-    let handles: Vec<JoinHandle<()>> = vcpus
-        .into_iter()
-        .map(|mut v| {
-            let (io, ctl) = (io.clone(), ctl.clone());
+    let make = Arc::new(make);
+    let all_made = Arc::new(Barrier::new(count as usize));
+    let handles: Vec<JoinHandle<()>> = (0..count)
+        .map(|id| {
+            let (io, ctl, make, all_made) =
+                (io.clone(), ctl.clone(), make.clone(), all_made.clone());
             std::thread::Builder::new()
-                .name(format!("vcpu{}", v.id()))
-                .spawn(move || run_loop(&mut v, &io, &ctl))
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    let vcpu = make(id);
+                    if let Err(e) = &vcpu {
+                        ctl.request_stop(StopReason::Error(format!("setting up vCPU {id}: {e}")));
+                    }
+                    all_made.wait();
+                    if let Ok(mut v) = vcpu {
+                        run_loop(&mut v, &io, &ctl);
+                    }
+                })
                 .expect("spawning a vCPU thread")
         })
         .collect();
@@ -168,6 +193,27 @@ mod tests {
     }
 
     #[test]
+    fn a_vcpu_that_cannot_be_made_stops_the_vm() {
+        let ctl = Arc::new(RunControl::new(Instant::now()));
+        let make = |id| {
+            if id == 1 {
+                Err(HvError::Vcpu {
+                    vcpu: 1,
+                    op: "create",
+                    source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+                })
+            } else {
+                Ok(FakeVcpu {
+                    id,
+                    script: VecDeque::new(),
+                })
+            }
+        };
+        run_threads(2, make, buses(&ctl), ctl.clone());
+        assert!(matches!(ctl.reason(), Some(StopReason::Error(m)) if m.contains("vCPU 1")));
+    }
+
+    #[test]
     fn exits_map_to_continue_or_stop() {
         assert_eq!(handle_exit(0, Ok(VcpuExit::Io)), None);
         assert_eq!(handle_exit(0, Ok(VcpuExit::Interrupted)), None);
@@ -224,22 +270,20 @@ mod tests {
     }
 
     #[test]
-    fn run_all_stops_every_vcpu_when_one_stops() {
+    fn every_vcpu_stops_when_one_stops() {
         let ctl = Arc::new(RunControl::new(Instant::now()));
-        let forever = |id| FakeVcpu {
-            id,
-            script: VecDeque::new(),
-        };
-        let stopper = FakeVcpu {
-            id: 2,
-            script: VecDeque::from(vec![Ok(VcpuExit::Io), Ok(VcpuExit::SystemShutdown)]),
+        let make = |id| {
+            Ok(FakeVcpu {
+                id,
+                script: if id == 2 {
+                    VecDeque::from(vec![Ok(VcpuExit::Io), Ok(VcpuExit::SystemShutdown)])
+                } else {
+                    VecDeque::new()
+                },
+            })
         };
         let t = Instant::now();
-        run_all(
-            vec![forever(0), forever(1), stopper],
-            buses(&ctl),
-            ctl.clone(),
-        );
+        run_threads(3, make, buses(&ctl), ctl.clone());
         assert!(matches!(
             ctl.reason(),
             Some(StopReason::GuestShutdown("power off"))
