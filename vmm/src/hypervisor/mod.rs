@@ -14,7 +14,13 @@
 //!   syndrome (register, width, direction), calls the handler, writes the
 //!   register back and advances the PC.
 
+#[cfg(feature = "aarch64")]
+pub mod aarch64;
+#[cfg(feature = "hvf")]
+pub mod hvf;
 pub mod kvm;
+#[cfg(feature = "whp")]
+pub mod whp;
 pub mod x86_64;
 
 use thiserror::Error;

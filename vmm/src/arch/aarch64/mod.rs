@@ -1,0 +1,1 @@
+//! arm64 boot (being written).

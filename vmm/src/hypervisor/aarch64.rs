@@ -1,0 +1,1 @@
+//! arm64 extension traits (being written).

@@ -1,0 +1,1 @@
+//! HVF backend (being written).

@@ -1,0 +1,1 @@
+//! WHP backend (being written).
