@@ -50,6 +50,9 @@ pub fn main() -> i32 {
         },
         Err(e) => println!("kernel: {e}"),
     }
+    for line in backends(kvm) {
+        println!("{line}");
+    }
     match engine::resolve(EngineKind::Auto, kvm, qemu.is_some()) {
         Ok((r, _)) => {
             println!("engine: auto picks {}", r.name());
@@ -59,5 +62,67 @@ pub fn main() -> i32 {
             println!("engine: none: {e}");
             1
         }
+    }
+}
+
+/// Which hypervisor backend this build would use here, and why not the others.
+pub fn backends(kvm: detect::KvmKind) -> Vec<String> {
+    let compiled = |feature: bool| {
+        if feature {
+            "compiled in"
+        } else {
+            "not compiled in"
+        }
+    };
+    let kvm_line = if cfg!(target_os = "linux") {
+        match kvm {
+            k if k.runs_guests() => format!("backend: kvm (in use: /dev/kvm is {})", k.name()),
+            detect::KvmKind::Pvm => {
+                "backend: kvm (PVM: guest kernel only; full guests go to the qemu engine)"
+                    .to_string()
+            }
+            _ => "backend: kvm not usable (no /dev/kvm); full guests go to the qemu engine"
+                .to_string(),
+        }
+    } else {
+        "backend: kvm: Linux only".to_string()
+    };
+    let whp = if cfg!(target_os = "windows") {
+        format!(
+            "backend: whp: Windows Hypervisor Platform ({})",
+            compiled(cfg!(feature = "whp"))
+        )
+    } else {
+        format!(
+            "backend: whp: Windows only ({}, feature `whp`)",
+            compiled(cfg!(feature = "whp"))
+        )
+    };
+    let hvf = if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
+        format!(
+            "backend: hvf: Hypervisor.framework ({})",
+            compiled(cfg!(feature = "hvf"))
+        )
+    } else {
+        format!(
+            "backend: hvf: macOS on Apple silicon only ({}, feature `hvf`)",
+            compiled(cfg!(feature = "hvf"))
+        )
+    };
+    vec![kvm_line, whp, hvf]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_every_backend_and_why() {
+        let lines = backends(detect::KvmKind::Pvm);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].contains("PVM"));
+        assert!(lines[1].contains("Windows"));
+        assert!(lines[2].contains("macOS"));
+        assert!(backends(detect::KvmKind::Intel)[0].contains("in use"));
     }
 }

@@ -211,3 +211,77 @@ fn place_initrd(
     }
     Ok(Initrd { addr, size })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::fs::{ShareConfig, SharePolicy};
+
+    fn spec(shares: usize) -> VmSpec {
+        VmSpec {
+            memory: 256 << 20,
+            cpus: 1,
+            kernel: "/nonexistent".into(),
+            cmdline: "console=ttyS0 reboot=t".into(),
+            initrd: None,
+            shares: (0..shares)
+                .map(|i| ShareConfig {
+                    tag: format!("t{i}"),
+                    source: "/tmp".into(),
+                    policy: SharePolicy::Workspace,
+                })
+                .collect(),
+            echo_console: false,
+            time_limit: None,
+            started: std::time::Instant::now(),
+            on_console_line: None,
+            forward_stdin: false,
+            prefer_pvh: true,
+            measure_rss: false,
+        }
+    }
+
+    #[test]
+    fn cmdline_announces_one_virtio_mmio_window_per_share() {
+        assert_eq!(cmdline(&spec(0)), "console=ttyS0 reboot=t");
+        assert_eq!(
+            cmdline(&spec(2)),
+            "console=ttyS0 reboot=t virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+    }
+
+    #[test]
+    fn cmdline_and_initrd_are_written_and_checked() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 256 << 20)]).unwrap();
+        let mut s = spec(1);
+        s.initrd = Some(crate::engine::initramfs::build(
+            b"\x7fELF",
+            &hutch_proto::RunSpec {
+                argv: vec![b"true".to_vec()],
+                ..Default::default()
+            },
+        ));
+        let rd = write_cmdline_and_initrd(&mem, &s, 0x200_0000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rd.addr % 4096, 0);
+        assert!(rd.addr + rd.size <= 256 << 20);
+        let mut got = vec![0u8; rd.size as usize];
+        mem.read_slice(&mut got, GuestAddress(rd.addr)).unwrap();
+        assert_eq!(got, s.initrd.as_ref().unwrap().to_vec());
+        let mut c = vec![0u8; cmdline(&s).len() + 1];
+        mem.read_slice(&mut c, GuestAddress(layout::CMDLINE_ADDR))
+            .unwrap();
+        assert_eq!(&c[..c.len() - 1], cmdline(&s).as_bytes());
+        assert_eq!(c[c.len() - 1], 0, "NUL-terminated");
+        // A command line over the kernel's limit is refused.
+        s.cmdline = "x".repeat(layout::CMDLINE_MAX);
+        assert!(matches!(
+            write_cmdline_and_initrd(&mem, &s, 0x200_0000),
+            Err(EngineError::Arch(ArchError::CmdlineTooLong { .. }))
+        ));
+        // An initramfs that does not fit above the kernel is refused.
+        s.cmdline = "ok".into();
+        assert!(write_cmdline_and_initrd(&mem, &s, (256 << 20) - 100).is_err());
+    }
+}
