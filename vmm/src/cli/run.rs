@@ -210,6 +210,7 @@ pub fn vm_spec(args: &RunArgs, engine: Resolved, started: Instant) -> Result<VmS
         forward_stdin: true,
         prefer_pvh: true,
         measure_rss: false,
+        fs_stats: false,
     })
 }
 
@@ -263,6 +264,7 @@ mod tests {
             panicked,
             phases: vec![],
             vmm_rss_kib: None,
+            fs_stats: vec![],
         }
     }
 

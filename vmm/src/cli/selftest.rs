@@ -194,6 +194,7 @@ fn run(args: SelftestArgs, started: Instant) -> Result<bool, String> {
         forward_stdin: false,
         prefer_pvh: true,
         measure_rss: false,
+        fs_stats: false,
     };
     let outcome = match engine {
         Resolved::Native => engine::native::run(spec),

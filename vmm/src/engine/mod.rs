@@ -73,6 +73,8 @@ pub struct VmSpec {
     pub prefer_pvh: bool,
     /// Measure the VMM's own resident memory before teardown (native).
     pub measure_rss: bool,
+    /// Report each virtio-fs device's request counters in the outcome.
+    pub fs_stats: bool,
 }
 
 /// Called with each console line; says whether to go on.
@@ -101,6 +103,8 @@ pub struct VmOutcome {
     /// The VMM's resident memory outside guest RAM, (total, anonymous) KiB,
     /// when [`VmSpec::measure_rss`] was set.
     pub vmm_rss_kib: Option<(u64, u64)>,
+    /// Per-device virtio-fs counters, when [`VmSpec::fs_stats`] was set.
+    pub fs_stats: Vec<String>,
 }
 
 /// Errors of either engine, naming the file, device or process involved.

@@ -114,10 +114,12 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
 
     let mut sockets = Vec::new();
     let mut backends = Vec::new();
+    let mut fs_devs = Vec::new();
     for (i, share) in std::mem::take(&mut spec.shares).into_iter().enumerate() {
         let dev = Arc::new(FsDevice::new(share)?);
         let sock = rt.0.join(format!("fs{i}.sock"));
         let tag = dev.tag().to_string();
+        fs_devs.push(dev.clone());
         backends.push(serve_vhost_user(dev, &sock)?);
         sockets.push((sock, tag));
     }
@@ -280,6 +282,14 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
         panicked: console.saw_panic(),
         phases: Vec::new(),
         vmm_rss_kib: None,
+        fs_stats: if spec.fs_stats {
+            fs_devs
+                .iter()
+                .map(|d| d.stats().report(&format!("virtio-fs {}", d.tag())))
+                .collect()
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -307,6 +317,7 @@ mod tests {
             forward_stdin: false,
             prefer_pvh: true,
             measure_rss: false,
+            fs_stats: false,
         }
     }
 

@@ -238,6 +238,7 @@ mod tests {
             forward_stdin: false,
             prefer_pvh: true,
             measure_rss: false,
+            fs_stats: false,
         }
     }
 

@@ -28,6 +28,7 @@ type Serial = SerialDevice<ConsoleWriter<Stdout, Stderr>>;
 pub struct NativeDevices {
     pub buses: Arc<Buses>,
     serial: Arc<Mutex<Serial>>,
+    fs: Vec<Arc<FsDevice>>,
 }
 
 fn efd(what: &str) -> Result<EventFd, DeviceError> {
@@ -73,10 +74,13 @@ pub fn build<V: Vm>(
         Arc::new(Mutex::new(I8042Reset(ctl))),
     )?;
 
+    let mut fs = Vec::new();
     for (i, share) in shares.into_iter().enumerate() {
         let base = layout::virtio_mmio_addr(i);
         let gsi = layout::VIRTIO_FIRST_IRQ + i as u32;
-        let dev: Arc<dyn VirtioDevice> = Arc::new(FsDevice::new(share)?);
+        let fs_dev = Arc::new(FsDevice::new(share)?);
+        fs.push(fs_dev.clone());
+        let dev: Arc<dyn VirtioDevice> = fs_dev;
         crate::control::mark_early("virtio-fs share opened");
         let irq = efd(&format!("{} interrupt", dev.name()))?;
         vm.register_irqfd(&irq, gsi)?;
@@ -93,10 +97,16 @@ pub fn build<V: Vm>(
     Ok(NativeDevices {
         buses: Arc::new(buses),
         serial,
+        fs,
     })
 }
 
 impl NativeDevices {
+    /// Each virtio-fs device's counters, as report text.
+    pub fn fs_stats(&self) -> Vec<String> {
+        self.fs.iter().map(|d| d.stats().report(&d.name())).collect()
+    }
+
     /// Forwards hutch's stdin into COM1 as stdin frames, on its own thread.
     /// Stdin waits for `gate` (init's first frame); with `forward` false only
     /// the end-of-file frame is sent.

@@ -13,10 +13,11 @@ use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::GuestMemory;
+use vm_memory::{Address, Bytes, GuestMemory};
 
 use super::config::{config_space, validate_tag, CONFIG_SPACE_LEN};
 use super::policy::PolicyFs;
+use super::stats::FsStats;
 use super::{FsError, ShareConfig, SharePolicy};
 
 /// The file system stack every share serves.
@@ -30,6 +31,7 @@ pub struct FsDevice {
     server: Server<ShareFs>,
     /// Chains answered with 0 bytes because they were malformed (for tests and metrics).
     malformed: AtomicU64,
+    stats: FsStats,
 }
 
 impl std::fmt::Debug for FsDevice {
@@ -113,6 +115,7 @@ impl FsDevice {
             policy,
             server: Server::new(fs),
             malformed: AtomicU64::new(0),
+            stats: FsStats::default(),
         })
     }
 
@@ -127,6 +130,11 @@ impl FsDevice {
     }
 
     /// Number of descriptor chains answered with 0 bytes because they were malformed.
+    /// The device's request counters.
+    pub fn stats(&self) -> &FsStats {
+        &self.stats
+    }
+
     pub fn malformed_chains(&self) -> u64 {
         self.malformed.load(Ordering::Relaxed)
     }
@@ -164,6 +172,7 @@ impl FsDevice {
             source,
         };
         let mut used_any = false;
+        self.stats.notification();
         loop {
             if queue.event_idx_enabled() {
                 queue
@@ -203,18 +212,32 @@ impl FsDevice {
         if !used_any {
             return Ok(false);
         }
-        queue
+        let notify = queue
             .needs_notification(mem)
-            .map_err(|e| queue_err("checking whether to notify", e))
+            .map_err(|e| queue_err("checking whether to notify", e))?;
+        if notify {
+            self.stats.interrupt();
+        }
+        Ok(notify)
     }
 
     /// Serves one chain; returns the number of bytes written into its writable part.
     fn handle_chain<M: GuestMemory>(&self, mem: &M, chain: DescriptorChain<&M>) -> u32 {
+        let started = std::time::Instant::now();
         let head = chain.head_index();
+        // fuse_in_header: len (u32), opcode (u32), ...; read straight from the first
+        // descriptor for the counters (the server parses the request on its own).
+        let opcode = chain
+            .clone()
+            .next()
+            .filter(|d| !d.is_write_only() && d.len() >= 8)
+            .and_then(|d| mem.read_obj::<u32>(d.addr().unchecked_add(4)).ok())
+            .unwrap_or(0);
         let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
             Ok(r) => r,
             Err(e) => return self.malformed(head, "its readable part", &e),
         };
+        let bytes_in = reader.available_bytes();
         let writer = match VirtioFsWriter::new(mem, chain) {
             Ok(w) => w,
             Err(e) => return self.malformed(head, "its writable part", &e),
@@ -223,7 +246,10 @@ impl FsDevice {
             .server
             .handle_message(reader, writer.into(), None, None)
         {
-            Ok(len) => u32::try_from(len).unwrap_or(u32::MAX),
+            Ok(len) => {
+                self.stats.request(opcode, bytes_in, len, started.elapsed());
+                u32::try_from(len).unwrap_or(u32::MAX)
+            }
             Err(e) => self.malformed(head, "the FUSE request", &e),
         }
     }

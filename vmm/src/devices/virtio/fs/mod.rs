@@ -16,6 +16,7 @@ mod error;
 mod inodes;
 mod policy;
 mod secrets;
+mod stats;
 mod vhost_user;
 
 #[cfg(test)]
@@ -25,4 +26,5 @@ pub use config::{ShareConfig, SharePolicy, CONFIG_SPACE_LEN, TAG_LEN};
 pub use device::{FsDevice, ShareFs};
 pub use error::FsError;
 pub use policy::{PolicyFs, ROOT_ALLOWLIST};
+pub use stats::FsStats;
 pub use vhost_user::{serve_vhost_user, VhostUserFs, VhostUserHandle};
