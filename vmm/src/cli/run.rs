@@ -116,6 +116,9 @@ fn run(args: RunArgs, started: Instant) -> Result<i32, String> {
     if args.timings {
         print_timings(&outcome, engine, started);
     }
+    for report in &outcome.fs_stats {
+        eprint!("hutch: {report}");
+    }
     exit_status(&outcome)
 }
 
@@ -210,7 +213,7 @@ pub fn vm_spec(args: &RunArgs, engine: Resolved, started: Instant) -> Result<VmS
         forward_stdin: true,
         prefer_pvh: true,
         measure_rss: false,
-        fs_stats: false,
+        fs_stats: std::env::var_os("HUTCH_FS_STATS").is_some(),
     })
 }
 

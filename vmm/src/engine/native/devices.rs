@@ -104,7 +104,10 @@ pub fn build<V: Vm>(
 impl NativeDevices {
     /// Each virtio-fs device's counters, as report text.
     pub fn fs_stats(&self) -> Vec<String> {
-        self.fs.iter().map(|d| d.stats().report(&d.name())).collect()
+        self.fs
+            .iter()
+            .map(|d| d.stats().report(&d.name()))
+            .collect()
     }
 
     /// Forwards hutch's stdin into COM1 as stdin frames, on its own thread.

@@ -72,7 +72,11 @@ pub fn run(mut spec: VmSpec) -> Result<VmOutcome, EngineError> {
         ctl.clone(),
     );
     let vmm_rss_kib = spec.measure_rss.then(|| rss::vmm_rss_kib(&mem)).flatten();
-    let fs_stats = if spec.fs_stats { devs.fs_stats() } else { Vec::new() };
+    let fs_stats = if spec.fs_stats {
+        devs.fs_stats()
+    } else {
+        Vec::new()
+    };
     if spec.measure_rss && std::env::var_os("HUTCH_BENCH_VERBOSE").is_some() {
         for (kib, m) in rss::top_mappings(&mem, 12) {
             eprintln!("  {kib:>6} KiB  {m}");

@@ -33,6 +33,18 @@ pub const ROOT_ALLOWLIST: &[&CStr] = &[
 /// Open flags that would let the guest change a file.
 const WRITE_OPEN_FLAGS: i32 = libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT;
 
+/// `mode` without set-user-ID, and without set-group-ID except on directories
+/// (where it only makes new entries inherit the group): a guest that runs as
+/// root must not leave set-ID programs on the host.
+fn safe_mode(mode: u32, is_dir: bool) -> u32 {
+    let strip = if is_dir {
+        libc::S_ISUID
+    } else {
+        libc::S_ISUID | libc::S_ISGID
+    };
+    mode & !strip
+}
+
 fn err(errno: i32) -> io::Error {
     io::Error::from_raw_os_error(errno)
 }
@@ -143,6 +155,16 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
             }
         } else {
             *ctx
+        }
+    }
+
+    /// Refuses to open host device nodes: a guest must never reach a host
+    /// disk or terminal through a node that appears in a share.
+    fn not_a_device(&self, ctx: &Context, inode: u64) -> io::Result<()> {
+        let (st, _) = self.inner.getattr(ctx, inode, None)?;
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFCHR | libc::S_IFBLK => Err(err(libc::EACCES)),
+            _ => Ok(()),
         }
     }
 
@@ -267,6 +289,12 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
+        let mut attr = attr;
+        if valid.contains(SetattrValid::MODE) {
+            let (st, _) = self.inner.getattr(ctx, inode, handle)?;
+            let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            attr.st_mode = safe_mode(attr.st_mode, is_dir);
+        }
         self.inner.setattr(ctx, inode, attr, handle, valid)
     }
 
@@ -296,8 +324,20 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
-        self.inner
-            .mknod(&self.creds(ctx), inode, name, mode, rdev, umask)
+        // Only regular files, FIFOs and sockets: a device node created by the
+        // guest would be a real device on the host.
+        match mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK => {}
+            _ => return Err(err(libc::EPERM)),
+        }
+        self.inner.mknod(
+            &self.creds(ctx),
+            inode,
+            name,
+            safe_mode(mode, false),
+            rdev,
+            umask,
+        )
     }
 
     fn mkdir(
@@ -310,7 +350,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
     ) -> io::Result<Entry> {
         self.writable()?;
         self.inner
-            .mkdir(&self.creds(ctx), parent, name, mode, umask)
+            .mkdir(&self.creds(ctx), parent, name, safe_mode(mode, true), umask)
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
@@ -356,6 +396,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
                 return Err(err(libc::EROFS));
             }
         }
+        self.not_a_device(ctx, inode)?;
         self.inner.open(ctx, inode, flags, fuse_flags)
     }
 
@@ -367,6 +408,10 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.writable()?;
+        let args = CreateIn {
+            mode: safe_mode(args.mode, false),
+            ..args
+        };
         self.inner.create(&self.creds(ctx), parent, name, args)
     }
 

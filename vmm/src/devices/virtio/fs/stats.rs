@@ -96,7 +96,8 @@ impl FsStats {
         let op = (opcode as usize).min(MAX_OPCODE);
         self.by_opcode[op].fetch_add(1, Ordering::Relaxed);
         self.bytes_in.fetch_add(bytes_in as u64, Ordering::Relaxed);
-        self.bytes_out.fetch_add(bytes_out as u64, Ordering::Relaxed);
+        self.bytes_out
+            .fetch_add(bytes_out as u64, Ordering::Relaxed);
         let us = took.as_micros() as u64;
         let bucket = (u64::BITS - us.leading_zeros()) as usize;
         self.service_us[bucket.min(BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
@@ -119,7 +120,10 @@ impl FsStats {
 
     /// Total requests.
     pub fn requests(&self) -> u64 {
-        self.by_opcode.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.by_opcode
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// A human-readable report for device `name`.
@@ -172,7 +176,13 @@ mod tests {
         assert_eq!(s.requests(), 4);
         let r = s.report("virtio-fs ws");
         assert!(r.starts_with("virtio-fs ws: 4 requests, 216 bytes in, 4272 bytes out, 1 notifications, 1 interrupts"), "{r}");
-        assert!(r.contains("LOOKUP=2") && r.contains("READ=1") && r.contains("other=1"), "{r}");
-        assert!(r.contains("<1us=1") && r.contains("<4us=1") && r.contains("<128us=1"), "{r}");
+        assert!(
+            r.contains("LOOKUP=2") && r.contains("READ=1") && r.contains("other=1"),
+            "{r}"
+        );
+        assert!(
+            r.contains("<1us=1") && r.contains("<4us=1") && r.contains("<128us=1"),
+            "{r}"
+        );
     }
 }

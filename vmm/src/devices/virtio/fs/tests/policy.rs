@@ -398,3 +398,72 @@ fn workspace_policy_passes_writes_through() {
     fs::create_dir(dir.path().join("home")).unwrap();
     lookup(&fs, ROOT_ID, "home").unwrap();
 }
+
+#[test]
+fn no_device_nodes_and_no_set_id_bits_in_a_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = PolicyFs::passthrough(passthrough(dir.path()), true);
+    fs.init(FsOptions::empty()).unwrap();
+    let x = ctx();
+    // Creating device nodes is refused; FIFOs are fine.
+    for kind in [libc::S_IFCHR, libc::S_IFBLK] {
+        assert_eq!(
+            errno(fs.mknod(&x, ROOT_ID, c"dev", kind | 0o666, 0x0801, 0)),
+            libc::EPERM
+        );
+    }
+    assert!(!dir.path().join("dev").exists());
+    fs.mknod(&x, ROOT_ID, c"fifo", libc::S_IFIFO | 0o644, 0, 0)
+        .unwrap();
+    // Set-ID bits are stripped on create, mknod and chmod; setgid stays on directories.
+    let args = CreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: 0o6755,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    let (f, h, _, _) = fs.create(&x, ROOT_ID, c"prog", args).unwrap();
+    fs.release(&x, f.inode, 0, h.unwrap(), false, false, None)
+        .unwrap();
+    let mode = |p: &str| fs::metadata(dir.path().join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("prog"), 0o755);
+    let mut attr: stat64 = f.attr;
+    attr.st_mode = libc::S_IFREG | 0o4755;
+    fs.setattr(&x, f.inode, attr, None, SetattrValid::MODE)
+        .unwrap();
+    assert_eq!(mode("prog"), 0o755, "chmod u+s is dropped");
+    let d = fs.mkdir(&x, ROOT_ID, c"shared", 0o775, 0).unwrap();
+    let mut dattr: stat64 = d.attr;
+    dattr.st_mode = libc::S_IFDIR | 0o2775;
+    fs.setattr(&x, d.inode, dattr, None, SetattrValid::MODE)
+        .unwrap();
+    assert_eq!(mode("shared"), 0o2775, "setgid directories are harmless");
+    dattr.st_mode = libc::S_IFDIR | 0o4775;
+    fs.setattr(&x, d.inode, dattr, None, SetattrValid::MODE)
+        .unwrap();
+    assert_eq!(mode("shared"), 0o775);
+}
+
+#[test]
+fn host_device_nodes_in_a_share_cannot_be_opened() {
+    // Making a device node on the host needs root; as root it must be refused.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "host_device_nodes_in_a_share_cannot_be_opened: needs root to create a node; not run"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = CString::new(dir.path().join("null").to_str().unwrap()).unwrap();
+    // SAFETY: mknod on a NUL-terminated path inside our temporary directory.
+    let rc = unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+    assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+    let fs = PolicyFs::passthrough(passthrough(dir.path()), false);
+    fs.init(FsOptions::empty()).unwrap();
+    let e = lookup(&fs, ROOT_ID, "null").unwrap();
+    assert_eq!(
+        errno(fs.open(&ctx(), e.inode, libc::O_RDWR as u32, 0)),
+        libc::EACCES
+    );
+}
