@@ -188,33 +188,26 @@ pub fn vm_spec(args: &RunArgs, engine: Resolved, started: Instant) -> Result<VmS
     }
     let initrd = engine::initramfs::build(crate::guest_init::INIT, &spec);
     crate::control::mark_early("initramfs built");
-    Ok(VmSpec {
-        memory,
-        cpus,
-        kernel,
-        cmdline,
-        initrd: Some(initrd),
-        shares: vec![
-            ShareConfig {
-                tag: ROOT_TAG.into(),
-                source: "/".into(),
-                policy: SharePolicy::SystemRoot,
-            },
-            ShareConfig {
-                tag: WORKSPACE_TAG.into(),
-                source: ws,
-                policy: SharePolicy::Workspace,
-            },
-        ],
-        echo_console: args.console,
-        time_limit: None,
-        started,
-        on_console_line: None,
-        forward_stdin: true,
-        prefer_pvh: true,
-        measure_rss: false,
-        fs_stats: std::env::var_os("HUTCH_FS_STATS").is_some(),
-    })
+    let mut vm = VmSpec::new(kernel, cmdline, started);
+    vm.memory = memory;
+    vm.cpus = cpus;
+    vm.initrd = Some(initrd);
+    vm.shares = vec![
+        ShareConfig {
+            tag: ROOT_TAG.into(),
+            source: "/".into(),
+            policy: SharePolicy::SystemRoot,
+        },
+        ShareConfig {
+            tag: WORKSPACE_TAG.into(),
+            source: ws,
+            policy: SharePolicy::Workspace,
+        },
+    ];
+    vm.echo_console = args.console;
+    vm.forward_stdin = true;
+    vm.fs_stats = std::env::var_os("HUTCH_FS_STATS").is_some();
+    Ok(vm)
 }
 
 fn print_timings(o: &VmOutcome, engine: Resolved, started: Instant) {

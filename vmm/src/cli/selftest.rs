@@ -176,26 +176,16 @@ fn run(args: SelftestArgs, started: Instant) -> Result<bool, String> {
             ConsoleAction::Continue
         }
     });
-    let spec = VmSpec {
-        memory: 512 << 20,
-        cpus: 1,
-        kernel,
-        cmdline,
-        initrd: None,
-        shares: vec![ShareConfig {
-            tag: ROOT_TAG.into(),
-            source: root.path().to_path_buf(),
-            policy: SharePolicy::Workspace,
-        }],
-        echo_console: args.console,
-        time_limit: Some(Duration::from_secs(args.time_limit)),
-        started,
-        on_console_line: Some(observe),
-        forward_stdin: false,
-        prefer_pvh: true,
-        measure_rss: false,
-        fs_stats: false,
-    };
+    let mut spec = VmSpec::new(kernel, cmdline, started);
+    spec.shares = vec![ShareConfig {
+        tag: ROOT_TAG.into(),
+        source: root.path().to_path_buf(),
+        policy: SharePolicy::Workspace,
+    }];
+    spec.echo_console = args.console;
+    spec.time_limit = Some(Duration::from_secs(args.time_limit));
+    spec.on_console_line = Some(observe);
+
     let outcome = match engine {
         Resolved::Native => engine::native::run(spec),
         Resolved::Qemu { kvm } => engine::qemu::run(spec, kvm),

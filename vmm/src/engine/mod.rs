@@ -77,6 +77,29 @@ pub struct VmSpec {
     pub fs_stats: bool,
 }
 
+impl VmSpec {
+    /// A spec with defaults for everything but the kernel and command line:
+    /// 512 MiB, one vCPU, no initramfs, no shares, PVH preferred.
+    pub fn new(kernel: PathBuf, cmdline: String, started: Instant) -> Self {
+        Self {
+            memory: 512 << 20,
+            cpus: 1,
+            kernel,
+            cmdline,
+            initrd: None,
+            shares: Vec::new(),
+            echo_console: false,
+            time_limit: None,
+            started,
+            on_console_line: None,
+            forward_stdin: false,
+            prefer_pvh: true,
+            measure_rss: false,
+            fs_stats: false,
+        }
+    }
+}
+
 /// Called with each console line; says whether to go on.
 pub type LineCallback = Box<dyn FnMut(&str) -> ConsoleAction + Send>;
 

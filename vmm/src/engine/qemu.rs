@@ -303,22 +303,13 @@ mod tests {
     use std::time::Instant;
 
     fn spec() -> VmSpec {
-        VmSpec {
-            memory: 512 << 20,
-            cpus: 2,
-            kernel: "/k/bzImage".into(),
-            cmdline: "console=ttyS0 reboot=t".into(),
-            initrd: None,
-            shares: vec![],
-            echo_console: false,
-            time_limit: None,
-            started: Instant::now(),
-            on_console_line: None,
-            forward_stdin: false,
-            prefer_pvh: true,
-            measure_rss: false,
-            fs_stats: false,
-        }
+        let mut s = VmSpec::new(
+            "/k/bzImage".into(),
+            "console=ttyS0 reboot=t".into(),
+            Instant::now(),
+        );
+        s.cpus = 2;
+        s
     }
 
     #[test]

@@ -218,28 +218,20 @@ mod tests {
     use crate::devices::virtio::fs::{ShareConfig, SharePolicy};
 
     fn spec(shares: usize) -> VmSpec {
-        VmSpec {
-            memory: 256 << 20,
-            cpus: 1,
-            kernel: "/nonexistent".into(),
-            cmdline: "console=ttyS0 reboot=t".into(),
-            initrd: None,
-            shares: (0..shares)
-                .map(|i| ShareConfig {
-                    tag: format!("t{i}"),
-                    source: "/tmp".into(),
-                    policy: SharePolicy::Workspace,
-                })
-                .collect(),
-            echo_console: false,
-            time_limit: None,
-            started: std::time::Instant::now(),
-            on_console_line: None,
-            forward_stdin: false,
-            prefer_pvh: true,
-            measure_rss: false,
-            fs_stats: false,
-        }
+        let mut s = VmSpec::new(
+            "/nonexistent".into(),
+            "console=ttyS0 reboot=t".into(),
+            std::time::Instant::now(),
+        );
+        s.memory = 256 << 20;
+        s.shares = (0..shares)
+            .map(|i| ShareConfig {
+                tag: format!("t{i}"),
+                source: "/tmp".into(),
+                policy: SharePolicy::Workspace,
+            })
+            .collect();
+        s
     }
 
     #[test]

@@ -41,3 +41,32 @@ pub(crate) fn vm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> HvEr
         source: e.into(),
     }
 }
+
+impl From<&kvm_bindings::kvm_cpuid_entry2> for super::x86_64::CpuidEntry {
+    fn from(e: &kvm_bindings::kvm_cpuid_entry2) -> Self {
+        Self {
+            function: e.function,
+            index: e.index,
+            flags: e.flags,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+        }
+    }
+}
+
+impl From<&super::x86_64::CpuidEntry> for kvm_bindings::kvm_cpuid_entry2 {
+    fn from(e: &super::x86_64::CpuidEntry) -> Self {
+        Self {
+            function: e.function,
+            index: e.index,
+            flags: e.flags,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+            ..Default::default()
+        }
+    }
+}

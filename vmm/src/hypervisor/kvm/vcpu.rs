@@ -163,19 +163,7 @@ impl VcpuX86_64 for KvmVcpu {
     }
 
     fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<(), HvError> {
-        let k: Vec<kvm_cpuid_entry2> = entries
-            .iter()
-            .map(|e| kvm_cpuid_entry2 {
-                function: e.function,
-                index: e.index,
-                flags: e.flags,
-                eax: e.eax,
-                ebx: e.ebx,
-                ecx: e.ecx,
-                edx: e.edx,
-                ..Default::default()
-            })
-            .collect();
+        let k: Vec<kvm_cpuid_entry2> = entries.iter().map(kvm_cpuid_entry2::from).collect();
         let cpuid = CpuId::from_entries(&k).map_err(|_| HvError::Vcpu {
             vcpu: self.id,
             op: "building CPUID table",

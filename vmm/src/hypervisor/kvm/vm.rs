@@ -48,15 +48,7 @@ impl KvmVm {
             .map_err(vm_err("KVM_GET_SUPPORTED_CPUID"))?
             .as_slice()
             .iter()
-            .map(|e| CpuidEntry {
-                function: e.function,
-                index: e.index,
-                flags: e.flags,
-                eax: e.eax,
-                ebx: e.ebx,
-                ecx: e.ecx,
-                edx: e.edx,
-            })
+            .map(CpuidEntry::from)
             .collect();
         Ok(Self {
             fd,
