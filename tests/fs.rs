@@ -92,3 +92,35 @@ per_engine!(symlinks_resolve_inside_the_guest, |e: Engine| {
         o.stderr
     );
 });
+
+per_engine!(stats_count_the_requests_a_command_makes, |e: Engine| {
+    let ws = hutch_e2e::workspace();
+    std::fs::write(ws.path().join("in.txt"), "x".repeat(10_000)).unwrap();
+    let argv: Vec<&std::ffi::OsStr> = ["cat", "in.txt"].iter().map(std::ffi::OsStr::new).collect();
+    let mut args = hutch_e2e::run_args(e, ws.path(), &argv);
+    args.insert(1, "--stats".into());
+    let o = hutch_e2e::Hutch::new(args).output(None);
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    let ws_line = o
+        .stderr
+        .lines()
+        .position(|l| l.contains("virtio-fs hutch-ws:"))
+        .expect("workspace stats");
+    let by_op = o.stderr.lines().nth(ws_line + 1).unwrap_or("");
+    for op in ["INIT=1", "LOOKUP=", "OPEN=", "READ="] {
+        assert!(by_op.contains(op), "{op} missing in {by_op:?}");
+    }
+    let bytes_out: u64 = o
+        .stderr
+        .lines()
+        .nth(ws_line)
+        .unwrap()
+        .split(", ")
+        .find_map(|f| f.strip_suffix(" bytes out")?.parse().ok())
+        .unwrap();
+    assert!(
+        bytes_out >= 10_000,
+        "the file's bytes went out: {bytes_out}"
+    );
+    assert!(o.stderr.contains("virtio-fs hutch-root:"), "{}", o.stderr);
+});

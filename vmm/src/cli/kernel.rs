@@ -1,12 +1,12 @@
-//! `hutch kernel build | path`.
+//! `hutch kernel build | path [--arch x86_64|arm64]`.
 
 use super::KernelCommand;
-use crate::kernel;
+use crate::kernel::{self, Arch};
 
 /// Runs a kernel subcommand.
 pub fn main(cmd: KernelCommand) -> i32 {
     match cmd {
-        KernelCommand::Build { jobs, force } => match kernel::build(jobs, force) {
+        KernelCommand::Build { jobs, force, arch } => match kernel::build(arch, jobs, force) {
             Ok(k) => {
                 println!("{}", k.dir.display());
                 0
@@ -16,13 +16,17 @@ pub fn main(cmd: KernelCommand) -> i32 {
                 1
             }
         },
-        KernelCommand::Path => match kernel::cached() {
+        KernelCommand::Path { arch } => match kernel::cached_for(arch) {
             Ok(Some(k)) => {
                 println!("{}", k.dir.display());
                 0
             }
             Ok(None) => {
-                eprintln!("hutch: {}", kernel::KernelError::NotBuilt);
+                let e = match arch {
+                    Arch::X86_64 => kernel::KernelError::NotBuilt,
+                    Arch::Arm64 => kernel::KernelError::NotBuiltArm64,
+                };
+                eprintln!("hutch: {e}");
                 1
             }
             Err(e) => {

@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod doctor;
+#[cfg(feature = "aarch64")]
+pub mod fdt;
 pub mod kernel;
 pub mod run;
 pub mod selftest;
@@ -36,6 +38,10 @@ pub enum Command {
     /// Benchmark probe: boot the native VM, stop after --guest-ms, print start-up time and VMM RSS.
     #[command(hide = true)]
     BenchBoot(BenchBootArgs),
+    /// Test probe: write hutch's generated arm64 device tree to a file.
+    #[cfg(feature = "aarch64")]
+    #[command(hide = true)]
+    Fdt(fdt::FdtArgs),
 }
 
 /// `hutch bench-boot`.
@@ -80,6 +86,10 @@ pub struct RunArgs {
     /// Print boot-phase timings to stderr at exit.
     #[arg(long)]
     pub timings: bool,
+    /// Print each virtio-fs device's counters at exit: requests by FUSE
+    /// opcode, bytes, notifications, interrupts, service-time histogram.
+    #[arg(long)]
+    pub stats: bool,
 }
 
 /// `hutch kernel`.
@@ -93,9 +103,16 @@ pub enum KernelCommand {
         /// Rebuild even if the cache has this kernel.
         #[arg(long)]
         force: bool,
+        /// Guest architecture (arm64 is cross-built with gcc-aarch64-linux-gnu).
+        #[arg(long, value_enum, default_value = "x86_64")]
+        arch: crate::kernel::Arch,
     },
     /// Print the cached kernel's directory (exit 1 if it is not built).
-    Path,
+    Path {
+        /// Guest architecture.
+        #[arg(long, value_enum, default_value = "x86_64")]
+        arch: crate::kernel::Arch,
+    },
 }
 
 /// `hutch selftest`.
@@ -123,6 +140,8 @@ pub fn dispatch(cli: Cli, started: std::time::Instant) -> i32 {
         Command::Doctor => doctor::main(),
         Command::Selftest(a) => selftest::main(a, started),
         Command::BenchBoot(a) => bench::main(a, started),
+        #[cfg(feature = "aarch64")]
+        Command::Fdt(a) => fdt::main(a),
     }
 }
 
@@ -186,8 +205,21 @@ mod tests {
         assert_eq!(s.time_limit, 300);
         assert!(matches!(
             parse(&["kernel", "path"]).unwrap().command,
-            Command::Kernel(KernelCommand::Path)
+            Command::Kernel(KernelCommand::Path {
+                arch: crate::kernel::Arch::X86_64
+            })
         ));
+        assert!(matches!(
+            parse(&["kernel", "build", "--arch", "arm64", "-j", "2"])
+                .unwrap()
+                .command,
+            Command::Kernel(KernelCommand::Build {
+                arch: crate::kernel::Arch::Arm64,
+                jobs: Some(2),
+                force: false
+            })
+        ));
+        assert!(parse(&["kernel", "path", "--arch", "mips"]).is_err());
         assert!(matches!(
             parse(&["doctor"]).unwrap().command,
             Command::Doctor

@@ -206,7 +206,7 @@ pub fn vm_spec(args: &RunArgs, engine: Resolved, started: Instant) -> Result<VmS
     ];
     vm.echo_console = args.console;
     vm.forward_stdin = true;
-    vm.fs_stats = std::env::var_os("HUTCH_FS_STATS").is_some();
+    vm.fs_stats = args.stats;
     Ok(vm)
 }
 

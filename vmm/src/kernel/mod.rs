@@ -1,6 +1,8 @@
 //! The guest kernel: built once from Debian's `linux-source-6.1` with the
 //! recipe in `guest/kernel/` (embedded here), cached outside the repository
-//! under a key made of the source version and the recipe's hash.
+//! under a key made of the source version and the recipe's hash. There is one
+//! recipe per guest architecture: x86_64 (built natively) and arm64
+//! (cross-built with `gcc-aarch64-linux-gnu`).
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-/// The recipe files, as (relative path, content).
+/// The x86_64 recipe files, as (relative path, content).
 pub const RECIPE: &[(&str, &str)] = &[
     ("build.sh", include_str!("../../../guest/kernel/build.sh")),
     (
@@ -21,9 +23,70 @@ pub const RECIPE: &[(&str, &str)] = &[
         include_str!("../../../guest/kernel/patches/0001-x86-alternative-skip-int3-selftest.patch"),
     ),
 ];
+/// The arm64 recipe files, as (relative path, content).
+pub const RECIPE_ARM64: &[(&str, &str)] = &[
+    (
+        "build-arm64.sh",
+        include_str!("../../../guest/kernel/build-arm64.sh"),
+    ),
+    (
+        "arm64.config",
+        include_str!("../../../guest/kernel/arm64.config"),
+    ),
+];
 /// Debian package with the kernel source.
 pub const SOURCE_PACKAGE: &str = "linux-source-6.1";
 const DEFAULT_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
+
+/// A guest architecture with a kernel recipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Arch {
+    /// x86_64, built natively: `vmlinux` (PVH) and `bzImage`.
+    #[default]
+    #[value(name = "x86_64", alias = "x86-64", alias = "amd64")]
+    X86_64,
+    /// arm64, cross-built: the uncompressed `Image`.
+    #[value(name = "arm64", alias = "aarch64")]
+    Arm64,
+}
+
+impl Arch {
+    /// The embedded recipe files.
+    pub fn recipe(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Arch::X86_64 => RECIPE,
+            Arch::Arm64 => RECIPE_ARM64,
+        }
+    }
+    /// The recipe's build script and config fragment.
+    fn script_and_fragment(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::X86_64 => ("build.sh", "hutch.config"),
+            Arch::Arm64 => ("build-arm64.sh", "arm64.config"),
+        }
+    }
+    /// The files a complete build leaves in its cache directory.
+    fn outputs(self) -> &'static [&'static str] {
+        match self {
+            Arch::X86_64 => &["vmlinux", "bzImage", "config"],
+            Arch::Arm64 => &["Image", "config"],
+        }
+    }
+    /// Cache directory name before the key (the x86_64 one predates arm64).
+    fn cache_prefix(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "linux-6.1",
+            Arch::Arm64 => "linux-6.1-arm64",
+        }
+    }
+    /// Environment variable naming a prebuilt kernel directory.
+    fn override_var(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "HUTCH_KERNEL_DIR",
+            Arch::Arm64 => "HUTCH_ARM64_KERNEL_DIR",
+        }
+    }
+}
 
 /// Errors finding or building the kernel.
 #[derive(Debug, Error)]
@@ -42,8 +105,12 @@ pub enum KernelError {
     },
     #[error("no cached kernel for this recipe; run `hutch kernel build`")]
     NotBuilt,
+    #[error("no cached arm64 kernel for this recipe; run `hutch kernel build --arch arm64`")]
+    NotBuiltArm64,
     #[error("HUTCH_KERNEL_DIR={0} does not hold vmlinux, bzImage and config")]
     Missing(PathBuf),
+    #[error("HUTCH_ARM64_KERNEL_DIR={0} does not hold Image and config")]
+    MissingArm64(PathBuf),
 }
 
 /// A built kernel.
@@ -51,6 +118,8 @@ pub enum KernelError {
 pub struct KernelImages {
     /// Cache directory holding the images.
     pub dir: PathBuf,
+    /// The guest architecture the images are for.
+    pub arch: Arch,
 }
 
 impl KernelImages {
@@ -62,10 +131,21 @@ impl KernelImages {
     pub fn bzimage(&self) -> PathBuf {
         self.dir.join("bzImage")
     }
+    /// Uncompressed arm64 `Image` (only in an arm64 build).
+    pub fn image(&self) -> PathBuf {
+        self.dir.join("Image")
+    }
     fn complete(&self) -> bool {
-        ["vmlinux", "bzImage", "config"]
+        self.arch
+            .outputs()
             .iter()
             .all(|f| self.dir.join(f).is_file())
+    }
+    fn missing(&self) -> KernelError {
+        match self.arch {
+            Arch::X86_64 => KernelError::Missing(self.dir.clone()),
+            Arch::Arm64 => KernelError::MissingArm64(self.dir.clone()),
+        }
     }
 }
 
@@ -95,10 +175,10 @@ pub fn source_tarball() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_TARBALL))
 }
 
-/// Hash of the embedded recipe (script, fragment, patches).
-pub fn recipe_hash() -> String {
+/// Hash of an embedded recipe (script, fragment, patches).
+pub fn recipe_hash(arch: Arch) -> String {
     let mut h = Sha256::new();
-    for (name, content) in RECIPE {
+    for (name, content) in arch.recipe() {
         h.update(name.as_bytes());
         h.update([0]);
         h.update(content.as_bytes());
@@ -121,56 +201,76 @@ pub fn source_version(tarball: &Path) -> Result<String, KernelError> {
     Ok(format!("{}-{}", meta.size(), meta.mtime()))
 }
 
-/// Where the kernel for the current source and recipe lives (built or not).
+/// Where the x86_64 kernel for the current source and recipe lives (built or not).
 pub fn cache_dir() -> Result<PathBuf, KernelError> {
+    cache_dir_for(Arch::X86_64)
+}
+
+/// Where the `arch` kernel for the current source and recipe lives (built or not).
+pub fn cache_dir_for(arch: Arch) -> Result<PathBuf, KernelError> {
     let tarball = source_tarball();
     let version = source_version(&tarball)?;
     let mut h = Sha256::new();
     h.update(version.as_bytes());
-    h.update(recipe_hash().as_bytes());
+    h.update(recipe_hash(arch).as_bytes());
     let key: String = h
         .finalize()
         .iter()
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect();
-    Ok(cache_root().join("kernel").join(format!("linux-6.1-{key}")))
+    Ok(cache_root()
+        .join("kernel")
+        .join(format!("{}-{key}", arch.cache_prefix())))
 }
 
-/// A prebuilt kernel directory named by `$HUTCH_KERNEL_DIR` (holding
-/// `vmlinux`, `bzImage` and `config`), which replaces the cache.
-fn override_dir() -> Option<KernelImages> {
-    std::env::var_os("HUTCH_KERNEL_DIR").map(|d| KernelImages {
+/// A prebuilt kernel directory named by `$HUTCH_KERNEL_DIR` (x86_64:
+/// `vmlinux`, `bzImage` and `config`) or `$HUTCH_ARM64_KERNEL_DIR` (arm64:
+/// `Image` and `config`), which replaces the cache.
+fn override_dir(arch: Arch) -> Option<KernelImages> {
+    std::env::var_os(arch.override_var()).map(|d| KernelImages {
         dir: PathBuf::from(d),
+        arch,
     })
 }
 
-/// The cached kernel, if it was built.
+/// The cached x86_64 kernel, if it was built.
 pub fn cached() -> Result<Option<KernelImages>, KernelError> {
-    if let Some(k) = override_dir() {
+    cached_for(Arch::X86_64)
+}
+
+/// The cached `arch` kernel, if it was built.
+pub fn cached_for(arch: Arch) -> Result<Option<KernelImages>, KernelError> {
+    if let Some(k) = override_dir(arch) {
         return if k.complete() {
             Ok(Some(k))
         } else {
-            Err(KernelError::Missing(k.dir))
+            Err(k.missing())
         };
     }
-    let k = KernelImages { dir: cache_dir()? };
+    let k = KernelImages {
+        dir: cache_dir_for(arch)?,
+        arch,
+    };
     Ok(k.complete().then_some(k))
 }
 
-/// Builds the kernel into the cache (unless it is there), printing progress.
-/// `jobs` defaults to the number of CPUs.
-pub fn build(jobs: Option<usize>, force: bool) -> Result<KernelImages, KernelError> {
-    if let Some(k) = override_dir() {
+/// Builds the `arch` kernel into the cache (unless it is there), printing
+/// progress. `jobs` defaults to the number of CPUs.
+pub fn build(arch: Arch, jobs: Option<usize>, force: bool) -> Result<KernelImages, KernelError> {
+    if let Some(k) = override_dir(arch) {
         return if k.complete() {
             Ok(k)
         } else {
-            Err(KernelError::Missing(k.dir))
+            Err(k.missing())
         };
     }
     let tarball = source_tarball();
-    let dir = cache_dir()?;
-    let k = KernelImages { dir: dir.clone() };
+    let dir = cache_dir_for(arch)?;
+    let k = KernelImages {
+        dir: dir.clone(),
+        arch,
+    };
     let root = cache_root().join("kernel");
     std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
     // One build at a time per cache, across processes.
@@ -188,7 +288,7 @@ pub fn build(jobs: Option<usize>, force: bool) -> Result<KernelImages, KernelErr
         dir.file_name().unwrap_or_default().to_string_lossy()
     ));
     let recipe = work.join("recipe");
-    for (name, content) in RECIPE {
+    for (name, content) in arch.recipe() {
         let p = recipe.join(name);
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
@@ -196,8 +296,12 @@ pub fn build(jobs: Option<usize>, force: bool) -> Result<KernelImages, KernelErr
         std::fs::write(&p, content).map_err(io("writing", &p))?;
     }
     std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    let what = match arch {
+        Arch::X86_64 => "",
+        Arch::Arm64 => "arm64 ",
+    };
     eprintln!(
-        "hutch: building the guest kernel (Linux 6.1 from {}) into {}",
+        "hutch: building the {what}guest kernel (Linux 6.1 from {}) into {}",
         tarball.display(),
         dir.display()
     );
@@ -207,16 +311,17 @@ pub fn build(jobs: Option<usize>, force: bool) -> Result<KernelImages, KernelErr
             .map(|n| n.get())
             .unwrap_or(1)
     });
+    let (script, fragment) = arch.script_and_fragment();
     let status = Command::new("bash")
-        .arg(recipe.join("build.sh"))
+        .arg(recipe.join(script))
         .arg(&tarball)
         .arg(work.join("src"))
         .arg(&dir)
-        .arg(recipe.join("hutch.config"))
+        .arg(recipe.join(fragment))
         .arg(jobs.to_string())
         .stdout(std::process::Stdio::from(std::io::stderr()))
         .status()
-        .map_err(io("running", &recipe.join("build.sh")))?;
+        .map_err(io("running", &recipe.join(script)))?;
     match status.code() {
         Some(0) if k.complete() => {
             // The extracted tree is ~1.5 GiB; the images are all we keep.
@@ -231,11 +336,11 @@ pub fn build(jobs: Option<usize>, force: bool) -> Result<KernelImages, KernelErr
     }
 }
 
-/// The cached kernel, building it first if needed.
+/// The cached x86_64 kernel, building it first if needed.
 pub fn ensure() -> Result<KernelImages, KernelError> {
     match cached()? {
         Some(k) => Ok(k),
-        None => build(None, false),
+        None => build(Arch::X86_64, None, false),
     }
 }
 
@@ -246,7 +351,15 @@ mod tests {
     #[test]
     fn every_recipe_file_is_embedded() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/kernel");
-        let mut on_disk = vec!["build.sh".to_string(), "hutch.config".to_string()];
+        // Every file of guest/kernel/ but the README belongs to a recipe.
+        let mut on_disk = Vec::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name != "README.md" && e.file_type().unwrap().is_file() {
+                on_disk.push(name);
+            }
+        }
         for e in std::fs::read_dir(dir.join("patches")).unwrap() {
             on_disk.push(format!(
                 "patches/{}",
@@ -254,10 +367,14 @@ mod tests {
             ));
         }
         on_disk.sort();
-        let mut embedded: Vec<String> = RECIPE.iter().map(|r| r.0.to_string()).collect();
+        let both = RECIPE.iter().chain(RECIPE_ARM64);
+        let mut embedded: Vec<String> = both.clone().map(|r| r.0.to_string()).collect();
         embedded.sort();
-        assert_eq!(on_disk, embedded, "add new recipe files to RECIPE");
-        for (name, content) in RECIPE {
+        assert_eq!(
+            on_disk, embedded,
+            "add new recipe files to RECIPE or RECIPE_ARM64"
+        );
+        for (name, content) in both {
             assert_eq!(
                 &std::fs::read_to_string(dir.join(name)).unwrap(),
                 content,
@@ -268,8 +385,21 @@ mod tests {
 
     #[test]
     fn recipe_hash_is_stable_and_short() {
-        assert_eq!(recipe_hash(), recipe_hash());
-        assert_eq!(recipe_hash().len(), 12);
+        for arch in [Arch::X86_64, Arch::Arm64] {
+            assert_eq!(recipe_hash(arch), recipe_hash(arch));
+            assert_eq!(recipe_hash(arch).len(), 12);
+        }
+        assert_ne!(recipe_hash(Arch::X86_64), recipe_hash(Arch::Arm64));
+    }
+
+    #[test]
+    fn arm64_recipe_is_self_contained() {
+        let (script, fragment) = Arch::Arm64.script_and_fragment();
+        let names: Vec<&str> = RECIPE_ARM64.iter().map(|r| r.0).collect();
+        assert!(names.contains(&script) && names.contains(&fragment));
+        let (script, fragment) = Arch::X86_64.script_and_fragment();
+        let names: Vec<&str> = RECIPE.iter().map(|r| r.0).collect();
+        assert!(names.contains(&script) && names.contains(&fragment));
     }
 
     #[test]
