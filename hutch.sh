@@ -10,7 +10,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TRIPLE=x86_64-unknown-linux-gnu
-PACKAGES=(qemu-system-x86 linux-source-6.1 gcc make bc bison flex libelf-dev libssl-dev xz-utils patch cpio)
+PACKAGES=(qemu-system-x86 linux-source-6.1 gcc make bc bison flex libelf-dev libssl-dev xz-utils patch cpio
+          gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm)
 
 say() { printf 'hutch.sh: %s\n' "$*" >&2; }
 
@@ -37,17 +38,24 @@ install_packages() {
 run_tests() {
     cd "$ROOT"
     local bin="target/$TRIPLE/debug/hutch"
-    say "format and lints"
+    say "format and lints (default build, and the whp, hvf and aarch64 features)"
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
+    cargo clippy -p hutch --all-targets --locked --features whp,hvf -- -D warnings
+    cargo clippy -p hutch --all-targets --locked --features aarch64 -- -D warnings
+    # The test build carries the `aarch64` feature, so `hutch fdt` exists for
+    # the arm64 boot test; the default build stays without it.
     say "build"
-    cargo build --workspace --locked
-    say "guest kernel (built once, then cached)"
+    cargo build --workspace --locked --features hutch/aarch64
+    say "guest kernels (built once, then cached): x86_64, and arm64 cross-built"
     "$bin" kernel build
+    "$bin" kernel build --arch arm64
     "$bin" doctor || true
     rm -f "target/$TRIPLE/e2e-report.txt"
     say "tests"
-    cargo test --workspace --locked
+    cargo test --workspace --locked --features hutch/aarch64
+    say "WHP and HVF backends against fakes of their platform APIs"
+    cargo test -p hutch --lib --locked --features whp,hvf
     say "engines the end-to-end tests ran on:"
     sort "target/$TRIPLE/e2e-report.txt" >&2
 }
