@@ -1,32 +1,41 @@
 #!/usr/bin/env bash
-# Build the hutch guest kernel (x86_64, Linux 6.1) from a source tarball.
+# Build a hutch guest kernel (Linux 6.1) from a source tarball.
 #
-#   build.sh <linux-source tarball> <work dir> <out dir> <fragment file> [jobs]
+#   build.sh <linux-source tarball> <work dir> <out dir> <fragment file> [jobs] [arch]
 #
-# Steps: extract -> patch -> configure (tinyconfig + fragment, verified) ->
-# build (vmlinux, bzImage) -> install (<out>/vmlinux, bzImage, config).
+# arch is x86_64 (default; built natively) or arm64 (cross-built with
+# gcc-aarch64-linux-gnu; CROSS_COMPILE names another toolchain).
+# Steps: extract -> patch (x86_64 only) -> configure (tinyconfig + fragment,
+# verified) -> build -> install: x86_64 <out>/vmlinux, bzImage, config;
+# arm64 <out>/Image, config.
 # Exit status: 0 ok, 1 failure, 2 usage, 3 missing build prerequisites.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PATCH_DIR="$SCRIPT_DIR/patches"
-NSTEPS=5
 export LC_ALL=C
 
 usage() {
-    echo "usage: $0 <linux-source tarball> <work dir> <out dir> <fragment file> [jobs]" >&2
+    echo "usage: $0 <linux-source tarball> <work dir> <out dir> <fragment file> [jobs] [x86_64|arm64]" >&2
     exit 2
 }
 
-[ $# -ge 4 ] && [ $# -le 5 ] || usage
+[ $# -ge 4 ] && [ $# -le 6 ] || usage
 TARBALL=$1
 WORK=$2
 OUT=$3
 FRAGMENT=$4
 JOBS=${5:-$(nproc)}
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "error: jobs must be a positive integer, got '$JOBS'" >&2; exit 2; }
+ARCH=${6:-x86_64}
+case $ARCH in
+    x86_64) NSTEPS=5 KARCH=x86 CROSS_COMPILE= TARGETS=(vmlinux bzImage) ;;
+    arm64) NSTEPS=4 KARCH=arm64 CROSS_COMPILE=${CROSS_COMPILE:-aarch64-linux-gnu-} TARGETS=(Image) ;;
+    *) echo "error: arch must be x86_64 or arm64, got '$ARCH'" >&2; exit 2 ;;
+esac
+STEP=0
 
-step() { echo "[$1/$NSTEPS] $2"; }
+step() { STEP=$((STEP + 1)); echo "[$STEP/$NSTEPS] $1"; }
 fail() { echo "error: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- prerequisites
@@ -34,6 +43,10 @@ missing_pkgs=()
 need_cmd() { command -v "$1" >/dev/null 2>&1 || missing_pkgs+=("$2"); }
 need_file() { [ -e "$1" ] || missing_pkgs+=("$2"); }
 need_cmd gcc gcc
+if [ "$ARCH" = arm64 ]; then
+    need_cmd "${CROSS_COMPILE}gcc" gcc-aarch64-linux-gnu
+    need_cmd "${CROSS_COMPILE}objcopy" binutils-aarch64-linux-gnu
+fi
 need_cmd make make
 need_cmd bc bc
 need_cmd flex flex
@@ -56,7 +69,7 @@ if [ ${#missing_pkgs[@]} -gt 0 ]; then
     echo "apt-get install -y ${missing_pkgs[*]}" >&2
     exit 3
 fi
-[ "$(uname -m)" = x86_64 ] || fail "this recipe builds an x86_64 kernel natively; host is $(uname -m)"
+[ "$(uname -m)" = x86_64 ] || fail "this recipe builds on an x86_64 host; this one is $(uname -m)"
 [ -f "$TARBALL" ] || fail "tarball not found: $TARBALL"
 [ -f "$FRAGMENT" ] || fail "config fragment not found: $FRAGMENT"
 
@@ -83,10 +96,11 @@ show_log_tail() {
 }
 trap show_log_tail EXIT
 
-KMAKE=(make -C "$SRC" ARCH=x86_64 KBUILD_BUILD_USER=hutch KBUILD_BUILD_HOST=hutch)
+KMAKE=(make -C "$SRC" ARCH="$ARCH" KBUILD_BUILD_USER=hutch KBUILD_BUILD_HOST=hutch)
+[ -z "$CROSS_COMPILE" ] || KMAKE+=(CROSS_COMPILE="$CROSS_COMPILE")
 
 # ---------------------------------------------------------------- 1. extract
-step 1 "extract $(basename "$TARBALL") into $SRC"
+step "extract $(basename "$TARBALL") into $SRC"
 STAMP="$SRC/.hutch-extracted"
 tar_id="$TARBALL $(stat -c '%s %Y' "$TARBALL")"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$tar_id" ] && [ -f "$SRC/Makefile" ]; then
@@ -104,15 +118,17 @@ else
     else
         mv "$WORK/extract.tmp" "$SRC"
     fi
-    [ -f "$SRC/Makefile" ] && [ -f "$SRC/arch/x86/kernel/alternative.c" ] \
-        || fail "$TARBALL does not look like a Linux source tree"
+    [ -f "$SRC/Makefile" ] && [ -f "$SRC/arch/$KARCH/Kconfig" ] \
+        || fail "$TARBALL does not look like a Linux source tree with $ARCH support"
     echo "$tar_id" >"$STAMP"
 fi
 kver=$(make -s -C "$SRC" kernelversion 2>/dev/null || echo unknown)
 echo "      kernel version $kver"
 
-# ---------------------------------------------------------------- 2. patch
-step 2 "patch"
+# ---------------------------------------------------------------- patch (x86_64)
+# The one patch (skipping the int3 self-test for PVM hosts) is x86-only.
+if [ "$ARCH" = x86_64 ]; then
+step "patch"
 shopt -s nullglob
 patches=("$PATCH_DIR"/*.patch)
 shopt -u nullglob
@@ -135,9 +151,10 @@ done
 grep -q '^	if (0)$' "$SRC/arch/x86/kernel/alternative.c" \
     && grep -A1 '^	if (0)$' "$SRC/arch/x86/kernel/alternative.c" | grep -q 'int3_selftest();' \
     || fail "int3_selftest() call in arch/x86/kernel/alternative.c is not disabled after patching"
+fi
 
-# ---------------------------------------------------------------- 3. configure
-step 3 "configure: tinyconfig + $(basename "$FRAGMENT")"
+# ---------------------------------------------------------------- configure
+step "configure: tinyconfig + $(basename "$FRAGMENT")"
 {
     echo "== make tinyconfig" &&
     "${KMAKE[@]}" tinyconfig &&
@@ -175,8 +192,8 @@ fi
 nwant=$(grep -cE '^(CONFIG_[A-Za-z0-9_]+=|# CONFIG_[A-Za-z0-9_]+ is not set)' "$FRAGMENT" || true)
 echo "      all $nwant fragment options verified in .config"
 
-# ---------------------------------------------------------------- 4. build
-step 4 "build vmlinux + bzImage with -j$JOBS (full log: $LOG)"
+# ---------------------------------------------------------------- build
+step "build ${TARGETS[*]} with -j$JOBS (full log: $LOG)"
 tb=$SECONDS
 # Pass make output to the log and print a progress line every 100 objects or 10 s.
 progress() {
@@ -199,7 +216,7 @@ progress() {
     printf '      ... %5d build steps done, %3ds elapsed\n' "$n" $((SECONDS - tb))
 }
 set +e
-"${KMAKE[@]}" -j"$JOBS" vmlinux bzImage 2>&1 | tee -a "$LOG" | progress
+"${KMAKE[@]}" -j"$JOBS" "${TARGETS[@]}" 2>&1 | tee -a "$LOG" | progress
 rc=${PIPESTATUS[0]}
 set -e
 if [ "$rc" -ne 0 ]; then
@@ -207,13 +224,34 @@ if [ "$rc" -ne 0 ]; then
     grep -nE 'error:|Error [0-9]+' "$LOG" | head -n 10 >&2 || true
     exit 1
 fi
-for f in vmlinux arch/x86/boot/bzImage; do
+for f in "${TARGETS[@]}"; do
+    [ "$f" = vmlinux ] || f=arch/$KARCH/boot/$f
     [ -s "$SRC/$f" ] || fail "build finished but $f is missing"
 done
 echo "      build took $((SECONDS - tb))s"
 
-# ---------------------------------------------------------------- 5. install
-step 5 "install vmlinux, bzImage, config into $OUT"
+if [ "$ARCH" = arm64 ]; then
+    step "install Image, config into $OUT"
+    IMAGE="$SRC/arch/arm64/boot/Image"
+    # arm64 boot protocol (Documentation/arm64/booting.rst): magic "ARM\x64" at offset 56.
+    [ "$(od -An -c -j56 -N4 "$IMAGE" | tr -d ' ')" = 'ARMd' ] \
+        || fail "arch/arm64/boot/Image has no arm64 Image header (magic ARM\\x64 at offset 56)"
+    tmp_i="$OUT/.Image.tmp.$$" tmp_c="$OUT/.config.tmp.$$"
+    trap 'rm -f "$tmp_i" "$tmp_c"; show_log_tail' EXIT
+    cp "$IMAGE" "$tmp_i"
+    cp "$SRC/.config" "$tmp_c"
+    chmod 0644 "$tmp_i" "$tmp_c"
+    mv -f "$tmp_i" "$OUT/Image"
+    mv -f "$tmp_c" "$OUT/config"
+    for f in Image config; do
+        printf '      %-8s %9d bytes\n' "$f" "$(stat -c %s "$OUT/$f")"
+    done
+    echo "done: Linux $kver (arm64) in $((SECONDS - T0))s"
+    exit 0
+fi
+
+# ---------------------------------------------------------------- install (x86_64)
+step "install vmlinux, bzImage, config into $OUT"
 has_pvh_note() {
     # Xen ELF note type 0x12 = XEN_ELFNOTE_PHYS32_ENTRY (PVH entry point)
     readelf -n --wide "$1" 2>/dev/null | awk '$1 == "Xen" && /0x00000012|PHYS32/ {found=1} END {exit !found}'

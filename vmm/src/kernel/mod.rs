@@ -25,10 +25,7 @@ pub const RECIPE: &[(&str, &str)] = &[
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[
-    (
-        "build-arm64.sh",
-        include_str!("../../../guest/kernel/build-arm64.sh"),
-    ),
+    ("build.sh", include_str!("../../../guest/kernel/build.sh")),
     (
         "arm64.config",
         include_str!("../../../guest/kernel/arm64.config"),
@@ -62,7 +59,14 @@ impl Arch {
     fn script_and_fragment(self) -> (&'static str, &'static str) {
         match self {
             Arch::X86_64 => ("build.sh", "hutch.config"),
-            Arch::Arm64 => ("build-arm64.sh", "arm64.config"),
+            Arch::Arm64 => ("build.sh", "arm64.config"),
+        }
+    }
+    /// The architecture argument of `build.sh`.
+    fn script_arg(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Arm64 => "arm64",
         }
     }
     /// The files a complete build leaves in its cache directory.
@@ -319,6 +323,7 @@ pub fn build(arch: Arch, jobs: Option<usize>, force: bool) -> Result<KernelImage
         .arg(&dir)
         .arg(recipe.join(fragment))
         .arg(jobs.to_string())
+        .arg(arch.script_arg())
         .stdout(std::process::Stdio::from(std::io::stderr()))
         .status()
         .map_err(io("running", &recipe.join(script)))?;
@@ -370,6 +375,7 @@ mod tests {
         let both = RECIPE.iter().chain(RECIPE_ARM64);
         let mut embedded: Vec<String> = both.clone().map(|r| r.0.to_string()).collect();
         embedded.sort();
+        embedded.dedup();
         assert_eq!(
             on_disk, embedded,
             "add new recipe files to RECIPE or RECIPE_ARM64"
