@@ -124,3 +124,89 @@ per_engine!(stats_count_the_requests_a_command_makes, |e: Engine| {
     );
     assert!(o.stderr.contains("virtio-fs hutch-root:"), "{}", o.stderr);
 });
+
+/// How long a host-side change may stay invisible in the guest: the
+/// workspace's attribute and entry timeout (5 s), plus scheduling slack.
+const COHERENCE_BOUND_MS: u64 = 6_000;
+
+per_engine!(
+    host_edits_reach_a_running_guest_within_the_bound,
+    |e: Engine| {
+        use std::io::Read;
+        let ws = hutch_e2e::workspace();
+        std::fs::write(ws.path().join("f"), "first").unwrap();
+        let script = format!(
+        "cat f; echo; : > ready
+i=0; while [ ! -e go ]; do sleep 0.05; i=$((i+1)); [ $i -gt 2400 ] && exit 9; done
+start=$(date +%s%N)
+while :; do c=$(cat f); [ \"$c\" = 'second version, longer' ] && break
+  now=$(date +%s%N); [ $(( (now-start)/1000000 )) -gt 20000 ] && {{ echo \"STALE: $c\"; exit 3; }}; sleep 0.05; done
+echo \"seen after $(( ($(date +%s%N)-start)/1000000 )) ms\"
+ls new-from-host; [ -e gone ] && echo 'deleted file still visible' || echo 'delete seen'
+echo from-guest > back.txt; sync"
+    );
+        std::fs::write(ws.path().join("gone"), "x").unwrap();
+        let words = ["sh", "-c", script.as_str()];
+        let argv: Vec<&std::ffi::OsStr> = words.iter().map(std::ffi::OsStr::new).collect();
+        let mut h = hutch_e2e::Hutch::new(hutch_e2e::run_args(e, ws.path(), &argv));
+        let mut child = h
+            .cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !ws.path().join("ready").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the guest never got ready"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // An in-place overwrite (same inode, new size), a create and a delete.
+        std::fs::write(ws.path().join("f"), "second version, longer").unwrap();
+        std::fs::write(ws.path().join("new-from-host"), "n").unwrap();
+        std::fs::remove_file(ws.path().join("gone")).unwrap();
+        std::fs::write(ws.path().join("go"), "").unwrap();
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "{out}\n{err}");
+        let ms: u64 = out
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("seen after ")?
+                    .strip_suffix(" ms")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no timing in {out:?} / {err}"));
+        eprintln!("host overwrite visible in the guest after {ms} ms");
+        assert!(
+            ms <= COHERENCE_BOUND_MS,
+            "host edit took {ms} ms to reach the guest"
+        );
+        assert!(out.starts_with("first\n"), "{out}");
+        assert!(
+            out.contains("new-from-host\n") && out.contains("delete seen"),
+            "{out}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(ws.path().join("back.txt")).unwrap(),
+            "from-guest\n"
+        );
+        hutch_e2e::assert_no_leftovers(h.runtime.path());
+    }
+);
