@@ -135,18 +135,16 @@ per_engine!(
         use std::io::Read;
         let ws = hutch_e2e::workspace();
         std::fs::write(ws.path().join("f"), "first").unwrap();
-        let script = format!(
-        "cat f; echo; : > ready
+        let script = "cat f; echo; : > ready
 i=0; while [ ! -e go ]; do sleep 0.05; i=$((i+1)); [ $i -gt 2400 ] && exit 9; done
 start=$(date +%s%N)
 while :; do c=$(cat f); [ \"$c\" = 'second version, longer' ] && break
-  now=$(date +%s%N); [ $(( (now-start)/1000000 )) -gt 20000 ] && {{ echo \"STALE: $c\"; exit 3; }}; sleep 0.05; done
+  now=$(date +%s%N); [ $(( (now-start)/1000000 )) -gt 20000 ] && { echo \"STALE: $c\"; exit 3; }; sleep 0.05; done
 echo \"seen after $(( ($(date +%s%N)-start)/1000000 )) ms\"
 ls new-from-host; [ -e gone ] && echo 'deleted file still visible' || echo 'delete seen'
-echo from-guest > back.txt; sync"
-    );
+echo from-guest > back.txt; sync";
         std::fs::write(ws.path().join("gone"), "x").unwrap();
-        let words = ["sh", "-c", script.as_str()];
+        let words = ["sh", "-c", script];
         let argv: Vec<&std::ffi::OsStr> = words.iter().map(std::ffi::OsStr::new).collect();
         let mut h = hutch_e2e::Hutch::new(hutch_e2e::run_args(e, ws.path(), &argv));
         let mut child = h

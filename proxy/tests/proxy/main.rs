@@ -1,0 +1,8 @@
+//! Integration tests: a real proxy on 127.0.0.1, real upstreams on
+//! 127.0.0.1, real client sockets. Every wait is bounded.
+
+mod common;
+mod forward;
+mod limits;
+mod refusals;
+mod tunnel;
