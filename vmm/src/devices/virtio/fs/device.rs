@@ -86,6 +86,10 @@ impl FsDevice {
             root_dir,
             xattr: true,
             do_import: true,
+            // The server clears set-ID bits on write itself (FUSE
+            // HANDLE_KILLPRIV_V2), so the guest stops asking for
+            // security.capability before every write and truncate.
+            killpriv_v2: true,
             ..Default::default()
         };
         let inner = PassthroughFs::new(passthrough_cfg).map_err(|e| FsError::Passthrough {

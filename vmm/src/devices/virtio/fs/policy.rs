@@ -33,6 +33,18 @@ pub const ROOT_ALLOWLIST: &[&CStr] = &[
 /// Open flags that would let the guest change a file.
 const WRITE_OPEN_FLAGS: i32 = libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT;
 
+/// FUSE_INIT flags hutch asks for on top of PassthroughFs's own:
+/// - ASYNC_READ: the guest may have several reads of a file in flight;
+/// - PARALLEL_DIROPS: lookups and readdirs in one directory run concurrently;
+/// - BIG_WRITES and MAX_PAGES: requests up to 1 MiB instead of 4 KiB;
+/// - AUTO_INVAL_DATA: the guest drops cached pages when a file's mtime or
+///   size changed on the host (coherence with host edits).
+const EXTRA_INIT_FLAGS: FsOptions = FsOptions::ASYNC_READ
+    .union(FsOptions::PARALLEL_DIROPS)
+    .union(FsOptions::BIG_WRITES)
+    .union(FsOptions::MAX_PAGES)
+    .union(FsOptions::AUTO_INVAL_DATA);
+
 /// `mode` without set-user-ID, and without set-group-ID except on directories
 /// (where it only makes new entries inherit the group): a guest that runs as
 /// root must not leave set-ID programs on the host.
@@ -221,7 +233,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        self.inner.init(capable)
+        // PassthroughFs asks for little; the server enables only flags both
+        // sides want. See docs/fs-levers.md for what each one is worth.
+        Ok(self.inner.init(capable)? | (capable & EXTRA_INIT_FLAGS))
     }
 
     fn destroy(&self) {
