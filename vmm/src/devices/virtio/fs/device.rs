@@ -5,7 +5,7 @@ use std::fs;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
+use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use log::{info, warn};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -19,6 +19,11 @@ use super::config::{config_space, validate_tag, CONFIG_SPACE_LEN};
 use super::policy::PolicyFs;
 use super::stats::FsStats;
 use super::{FsError, ShareConfig, SharePolicy};
+
+/// How long the guest may cache names and attributes of the system root.
+const ROOT_CACHE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The same for the workspace: host edits show within this bound at most.
+const WORKSPACE_CACHE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The file system stack every share serves.
 pub type ShareFs = PolicyFs<PassthroughFs>;
@@ -82,8 +87,20 @@ impl FsDevice {
             return Err(FsError::SourceNotUtf8 { tag, path: source });
         };
 
+        // The system root is read-only and changes rarely (package installs):
+        // keep file pages cached across opens, so a binary exec'd a hundred
+        // times is read once, and keep names and attributes for a minute.
+        // The workspace keeps close-to-open consistency (every open
+        // revalidates), so host edits show up at once.
+        let (cache_policy, timeout) = match policy {
+            SharePolicy::SystemRoot => (CachePolicy::Always, ROOT_CACHE_TIMEOUT),
+            SharePolicy::Workspace => (CachePolicy::Auto, WORKSPACE_CACHE_TIMEOUT),
+        };
         let passthrough_cfg = PassthroughConfig {
             root_dir,
+            cache_policy,
+            entry_timeout: timeout,
+            attr_timeout: timeout,
             xattr: true,
             do_import: true,
             // The server clears set-ID bits on write itself (FUSE

@@ -45,6 +45,22 @@ const EXTRA_INIT_FLAGS: FsOptions = FsOptions::ASYNC_READ
     .union(FsOptions::MAX_PAGES)
     .union(FsOptions::AUTO_INVAL_DATA);
 
+/// How long the guest caches a name the read-only root does not have.
+const NEGATIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// "No such entry", with a lifetime: a FUSE entry with node id 0.
+fn negative_entry() -> Entry {
+    Entry {
+        inode: 0,
+        generation: 0,
+        // SAFETY: `stat64` is a plain C struct of integers; all zeroes is valid.
+        attr: unsafe { std::mem::zeroed() },
+        attr_flags: 0,
+        attr_timeout: std::time::Duration::ZERO,
+        entry_timeout: NEGATIVE_TIMEOUT,
+    }
+}
+
 /// `mode` without set-user-ID, and without set-group-ID except on directories
 /// (where it only makes new entries inherit the group): a guest that runs as
 /// root must not leave set-ID programs on the host.
@@ -251,15 +267,23 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
         };
         r.check(parent)?;
         if parent == ROOT_ID && !ROOT_ALLOWLIST.contains(&name) {
-            return Err(err(libc::ENOENT));
+            return Ok(negative_entry());
         }
         if r.dir_id(parent)
             .is_some_and(|dir| r.masked.hides_name(dir, name.to_bytes()))
         {
-            return Err(err(libc::ENOENT));
+            return Ok(negative_entry());
         }
-        let entry = self.inner.lookup(ctx, parent, name)?;
-        self.admit(ctx, r, entry)
+        match self.inner.lookup(ctx, parent, name) {
+            Ok(entry) => match self.admit(ctx, r, entry) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(negative_entry()),
+                other => other,
+            },
+            // Misses in the read-only root (every PATH search) are cached by
+            // the guest for as long as names are.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(negative_entry()),
+            Err(e) => Err(e),
+        }
     }
 
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
@@ -474,7 +498,11 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
     }
 
     fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
-        self.check(inode)?;
+        if self.restrict.is_some() {
+            // Nothing to flush in a read-only view; ENOSYS makes the guest
+            // stop sending FLUSH on every close for the whole mount.
+            return Err(err(libc::ENOSYS));
+        }
         self.inner.flush(ctx, inode, handle, lock_owner)
     }
 

@@ -71,8 +71,16 @@ fn c(name: &str) -> CString {
     CString::new(name).unwrap()
 }
 
+/// A lookup as the guest sees it: a negative entry (node id 0) is ENOENT
+/// with a cache lifetime.
 fn lookup(fs: &Fs, parent: u64, name: &str) -> io::Result<Entry> {
-    fs.lookup(&ctx(), parent, &c(name))
+    match fs.lookup(&ctx(), parent, &c(name))? {
+        e if e.inode == 0 => {
+            assert!(!e.entry_timeout.is_zero(), "negative entries are cached");
+            Err(io::Error::from_raw_os_error(libc::ENOENT))
+        }
+        e => Ok(e),
+    }
 }
 
 fn errno<T: std::fmt::Debug>(res: io::Result<T>) -> i32 {

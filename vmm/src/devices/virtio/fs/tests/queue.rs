@@ -307,8 +307,13 @@ fn system_root_share_applies_its_policy_over_the_queue() {
 
     let home = lookup(&mut drv, ROOT_ID, "home");
     dev.process_queue(&mem, &mut queue).unwrap();
-    let (header, _) = drv.reply(&home);
-    assert_eq!(header.error, -libc::ENOENT);
+    let (header, body) = drv.reply(&home);
+    // A negative entry: success with node id 0 and a cache lifetime, which the
+    // guest turns into ENOENT (and remembers).
+    assert_eq!(header.error, 0);
+    let u64_at = |o: usize| u64::from_le_bytes(body[o..o + 8].try_into().unwrap());
+    assert_eq!(u64_at(0), 0, "nodeid");
+    assert_eq!(u64_at(16), 60, "entry_valid seconds");
     assert_eq!(drv.used(), vec![(u32::from(home.head), header.len)]);
 }
 
