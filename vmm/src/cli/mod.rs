@@ -90,6 +90,11 @@ pub struct RunArgs {
     /// opcode, bytes, notifications, interrupts, service-time histogram.
     #[arg(long)]
     pub stats: bool,
+    /// Give the guest a virtio-vsock device (CID 3) whose host side is the
+    /// Unix socket PATH: send `CONNECT <port>\n` to reach a guest port;
+    /// guest connections to host port P reach PATH_P. PATH is removed at exit.
+    #[arg(long, value_name = "PATH")]
+    pub vsock: Option<PathBuf>,
 }
 
 /// `hutch kernel`.

@@ -207,6 +207,7 @@ pub fn vm_spec(args: &RunArgs, engine: Resolved, started: Instant) -> Result<VmS
     vm.echo_console = args.console;
     vm.forward_stdin = true;
     vm.fs_stats = args.stats;
+    vm.vsock = args.vsock.clone();
     Ok(vm)
 }
 

@@ -75,6 +75,10 @@ pub struct VmSpec {
     pub measure_rss: bool,
     /// Report each virtio-fs device's request counters in the outcome.
     pub fs_stats: bool,
+    /// Serve a virtio-vsock device (guest CID 3) whose host side is this
+    /// Unix socket (hybrid `CONNECT <port>` protocol; `<path>_<port>` for
+    /// guest-initiated connections).
+    pub vsock: Option<PathBuf>,
 }
 
 impl VmSpec {
@@ -96,6 +100,7 @@ impl VmSpec {
             prefer_pvh: true,
             measure_rss: false,
             fs_stats: false,
+            vsock: None,
         }
     }
 }
@@ -150,6 +155,8 @@ pub enum EngineError {
     Device(#[from] crate::devices::DeviceError),
     #[error(transparent)]
     Fs(#[from] crate::devices::virtio::fs::FsError),
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::virtio::vsock::VsockError),
     #[error("no qemu-system-x86_64 found (install the Debian package qemu-system-x86, or set HUTCH_QEMU)")]
     NoQemu,
     #[error("{what}: {source}")]

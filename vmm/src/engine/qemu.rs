@@ -15,6 +15,7 @@ use super::console::{pump_stdin, HostConsole};
 use super::{detect, EngineError, VmOutcome, VmSpec};
 use crate::control::StopReason;
 use crate::devices::virtio::fs::{serve_vhost_user, FsDevice};
+use crate::devices::virtio::vsock::{serve_vhost_user_vsock, VsockConfig, VsockDevice};
 
 /// A private directory for the run's sockets and initramfs, removed on drop.
 struct RuntimeDir(PathBuf);
@@ -59,6 +60,7 @@ pub fn qemu_args(
     kvm: bool,
     initrd: Option<&Path>,
     sockets: &[(PathBuf, String)],
+    vsock: Option<&Path>,
 ) -> Vec<String> {
     let mem_mib = spec.memory >> 20;
     let mut a: Vec<String> = vec![
@@ -104,6 +106,14 @@ pub fn qemu_args(
             format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"),
         ]);
     }
+    if let Some(sock) = vsock {
+        a.extend([
+            "-chardev".into(),
+            format!("socket,id=vsock0,path={}", sock.display()),
+            "-device".into(),
+            "vhost-user-vsock-device,chardev=vsock0".into(),
+        ]);
+    }
     a
 }
 
@@ -123,6 +133,17 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
         backends.push(serve_vhost_user(dev, &sock)?);
         sockets.push((sock, tag));
     }
+    // The device (and its host socket) lives until this function returns.
+    let mut vsock_dev = None;
+    let mut vsock_backend = None;
+    let mut vsock_sock = None;
+    if let Some(path) = spec.vsock.take() {
+        let dev = Arc::new(VsockDevice::new(VsockConfig::new(path))?);
+        let sock = rt.0.join("vsock.sock");
+        vsock_backend = Some(serve_vhost_user_vsock(dev.clone(), &sock)?);
+        vsock_dev = Some(dev);
+        vsock_sock = Some(sock);
+    }
     let initrd_path = match spec.initrd.take() {
         Some(data) => {
             let p = rt.0.join("initrd.cpio");
@@ -135,7 +156,13 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
         None => None,
     };
 
-    let args = qemu_args(&spec, kvm, initrd_path.as_deref(), &sockets);
+    let args = qemu_args(
+        &spec,
+        kvm,
+        initrd_path.as_deref(),
+        &sockets,
+        vsock_sock.as_deref(),
+    );
     let mut cmd = Command::new(&qemu);
     cmd.args(&args)
         .stdin(Stdio::piped())
@@ -255,6 +282,10 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     for b in backends {
         let _ = b.join();
     }
+    if let Some(b) = vsock_backend {
+        let _ = b.join();
+    }
+    drop(vsock_dev);
     let qemu_err = String::from_utf8_lossy(&stderr_buf.lock().unwrap_or_else(|p| p.into_inner()))
         .trim()
         .to_string();
@@ -315,7 +346,13 @@ mod tests {
     #[test]
     fn args_use_microvm_without_acpi_and_shared_memfd() {
         let socks = vec![(PathBuf::from("/r/fs0.sock"), "hutch-root".to_string())];
-        let a = qemu_args(&spec(), false, Some(Path::new("/r/initrd.cpio")), &socks);
+        let a = qemu_args(
+            &spec(),
+            false,
+            Some(Path::new("/r/initrd.cpio")),
+            &socks,
+            None,
+        );
         let joined = a.join(" ");
         assert!(joined.contains("-M microvm,acpi=off,memory-backend=mem"));
         assert!(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
@@ -331,8 +368,12 @@ mod tests {
             "console=ttyS0 reboot=t",
             "cmdline is one argument"
         );
-        let kvm = qemu_args(&spec(), true, None, &[]).join(" ");
+        let kvm = qemu_args(&spec(), true, None, &[], None).join(" ");
         assert!(kvm.contains("-accel kvm -cpu host"));
         assert!(!kvm.contains("-initrd"));
+        assert!(!kvm.contains("vsock"), "no vsock device unless asked for");
+        let v = qemu_args(&spec(), true, None, &[], Some(Path::new("/r/vsock.sock"))).join(" ");
+        assert!(v.contains("-chardev socket,id=vsock0,path=/r/vsock.sock"));
+        assert!(v.contains("-device vhost-user-vsock-device,chardev=vsock0"));
     }
 }

@@ -188,6 +188,21 @@ impl MmioTransport {
                 .map_err(thread_err)?;
         }
         let stop_token = u64::MAX;
+        let wake_token = u64::MAX - 1;
+        let wake = match self.shared.dev.wake_event() {
+            Some((fd, queue)) => {
+                let fd = fd.try_clone().map_err(thread_err)?;
+                epoll
+                    .ctl(
+                        ControlOperation::Add,
+                        fd.as_raw_fd(),
+                        EpollEvent::new(EventSet::IN, wake_token),
+                    )
+                    .map_err(thread_err)?;
+                Some((fd, queue))
+            }
+            None => None,
+        };
         epoll
             .ctl(
                 ControlOperation::Add,
@@ -205,7 +220,7 @@ impl MmioTransport {
         let handle = std::thread::Builder::new()
             .name(shared.dev.name().to_string().chars().take(15).collect())
             .spawn(move || {
-                let mut events = vec![EpollEvent::default(); fds.len() + 1];
+                let mut events = vec![EpollEvent::default(); fds.len() + 2];
                 loop {
                     let n = match epoll.wait(-1, &mut events) {
                         Ok(n) => n,
@@ -219,6 +234,11 @@ impl MmioTransport {
                         let token = ev.data();
                         if token == stop_token {
                             return;
+                        }
+                        if let (true, Some((fd, queue))) = (token == wake_token, &wake) {
+                            let _ = fd.read();
+                            shared.process(*queue);
+                            continue;
                         }
                         let i = token as usize;
                         let _ = fds[i].read();
@@ -421,7 +441,7 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= reg::CONFIG {
-            // virtio-fs config space is read-only.
+            // The config spaces of hutch's devices are read-only.
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {

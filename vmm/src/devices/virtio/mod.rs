@@ -9,12 +9,16 @@
 pub mod fs;
 mod fs_glue;
 pub mod mmio;
+pub mod vsock;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 /// virtio device type of virtio-fs.
 pub const TYPE_FS: u32 = 26;
+/// virtio device type of virtio-vsock.
+pub const TYPE_VSOCK: u32 = 19;
 /// virtio 1.0 (non-legacy) feature bit.
 pub const F_VERSION_1: u64 = 1 << 32;
 /// Ring feature: the driver and device publish event indices.
@@ -42,6 +46,12 @@ pub trait VirtioDevice: Send + Sync {
         index: usize,
         queue: &mut Queue,
     ) -> Result<bool, String>;
+    /// An eventfd the device signals when queue `index` has work that no
+    /// driver notify announces (host data for a receive queue); the
+    /// transport's worker polls it next to the notify eventfds.
+    fn wake_event(&self) -> Option<(&EventFd, usize)> {
+        None
+    }
 }
 
 /// Copies `cfg[offset..]` into `data`; bytes past the end read as zero.

@@ -19,7 +19,9 @@ const BZIMAGE_64BIT_ENTRY: u64 = 0x200;
 /// The kernel command line with the native VMM's device entries appended.
 pub fn cmdline(spec: &VmSpec) -> String {
     let mut c = spec.cmdline.clone();
-    for i in 0..spec.shares.len() {
+    // One window per share, then the vsock device's (devices.rs, same order).
+    let windows = spec.shares.len() + usize::from(spec.vsock.is_some());
+    for i in 0..windows {
         c.push_str(&format!(
             " virtio_mmio.device=4K@{:#x}:{}",
             layout::virtio_mmio_addr(i),
@@ -240,6 +242,12 @@ mod tests {
         assert_eq!(
             cmdline(&spec(2)),
             "console=ttyS0 reboot=t virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+        let mut s = spec(2);
+        s.vsock = Some("/run/v.sock".into());
+        assert!(
+            cmdline(&s).ends_with(" virtio_mmio.device=4K@0xd0002000:7"),
+            "the vsock device takes the window after the shares"
         );
     }
 

@@ -1,5 +1,6 @@
 //! The native VMM's device set: COM1, the boot-timer and exit ports, the
-//! i8042 reset line, and one virtio-mmio window per virtio-fs share.
+//! i8042 reset line, one virtio-mmio window per virtio-fs share, then one
+//! for the virtio-vsock device when the spec asks for it.
 
 use std::io::{Stderr, Stdout};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use crate::devices::legacy::{BootTimer, ExitPort, I8042Reset, I8042_PORT};
 use crate::devices::serial::{feed_all, SerialDevice, COM1_LEN, COM1_PORT};
 use crate::devices::virtio::fs::{FsDevice, ShareConfig};
 use crate::devices::virtio::mmio::{reg, MmioTransport};
+use crate::devices::virtio::vsock::{VsockConfig, VsockDevice};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::DeviceError;
 use hutch_proto::{Frame, FrameKind};
@@ -44,6 +46,7 @@ pub fn build<V: Vm>(
     vm: &V,
     mem: &GuestMemoryMmap,
     shares: Vec<ShareConfig>,
+    vsock: Option<std::path::PathBuf>,
     ctl: Arc<RunControl>,
     console: Arc<Mutex<HostConsole<Stdout, Stderr>>>,
 ) -> Result<NativeDevices, EngineError> {
@@ -75,13 +78,20 @@ pub fn build<V: Vm>(
     )?;
 
     let mut fs = Vec::new();
-    for (i, share) in shares.into_iter().enumerate() {
-        let base = layout::virtio_mmio_addr(i);
-        let gsi = layout::VIRTIO_FIRST_IRQ + i as u32;
+    let mut virtio: Vec<Arc<dyn VirtioDevice>> = Vec::new();
+    for share in shares {
         let fs_dev = Arc::new(FsDevice::new(share)?);
         fs.push(fs_dev.clone());
-        let dev: Arc<dyn VirtioDevice> = fs_dev;
+        virtio.push(fs_dev);
         crate::control::mark_early("virtio-fs share opened");
+    }
+    // After the shares: boot.rs's cmdline() announces the windows in this order.
+    if let Some(path) = vsock {
+        virtio.push(Arc::new(VsockDevice::new(VsockConfig::new(path))?));
+    }
+    for (i, dev) in virtio.into_iter().enumerate() {
+        let base = layout::virtio_mmio_addr(i);
+        let gsi = layout::VIRTIO_FIRST_IRQ + i as u32;
         let irq = efd(&format!("{} interrupt", dev.name()))?;
         vm.register_irqfd(&irq, gsi)?;
         let transport = MmioTransport::new(dev, mem.clone(), irq)?;

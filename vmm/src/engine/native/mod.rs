@@ -47,6 +47,7 @@ pub fn run(mut spec: VmSpec) -> Result<VmOutcome, EngineError> {
     spec.initrd = None;
     ctl.mark(Phase::Vmm("kernel, initramfs and boot structures loaded"));
     let shares = std::mem::take(&mut spec.shares);
+    let vsock = spec.vsock.take();
 
     let mut console = HostConsole::new(std::io::stdout(), std::io::stderr(), spec.echo_console);
     if let Some(observe) = spec.on_console_line.take() {
@@ -57,7 +58,14 @@ pub fn run(mut spec: VmSpec) -> Result<VmOutcome, EngineError> {
     }
     let gate = console.ready_gate();
     let console = Arc::new(Mutex::new(console));
-    let devs = devices::build(vm.as_ref(), &mem, shares, ctl.clone(), console.clone())?;
+    let devs = devices::build(
+        vm.as_ref(),
+        &mem,
+        shares,
+        vsock,
+        ctl.clone(),
+        console.clone(),
+    )?;
 
     ctl.mark(Phase::Vmm("devices created"));
     if let Some(limit) = spec.time_limit {

@@ -9,6 +9,8 @@ use super::*;
 
 struct Dummy {
     calls: AtomicUsize,
+    last_queue: AtomicUsize,
+    wake: Option<EventFd>,
 }
 
 impl VirtioDevice for Dummy {
@@ -33,11 +35,15 @@ impl VirtioDevice for Dummy {
     fn process_queue(
         &self,
         _mem: &GuestMemoryMmap,
-        _index: usize,
+        index: usize,
         _queue: &mut Queue,
     ) -> Result<bool, String> {
+        self.last_queue.store(index, Ordering::SeqCst);
         self.calls.fetch_add(1, Ordering::SeqCst);
         Ok(true)
+    }
+    fn wake_event(&self) -> Option<(&EventFd, usize)> {
+        self.wake.as_ref().map(|fd| (fd, 0))
     }
 }
 
@@ -48,9 +54,15 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(None)
+}
+
+fn fixture_with(wake: Option<EventFd>) -> Fixture {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let dev = Arc::new(Dummy {
         calls: AtomicUsize::new(0),
+        last_queue: AtomicUsize::new(usize::MAX),
+        wake,
     });
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let t = MmioTransport::new(dev.clone(), mem, irq.try_clone().unwrap()).unwrap();
@@ -259,4 +271,31 @@ fn notify_runs_the_device_and_raises_the_interrupt() {
     assert_eq!(r(&mut f.t, reg::INTERRUPT_STATUS), 0);
     // Out-of-range notify is harmless.
     w(&mut f.t, reg::QUEUE_NOTIFY, 9);
+}
+
+#[test]
+fn the_device_wake_event_runs_its_queue_without_a_notify() {
+    let mut f = fixture_with(Some(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+    negotiate(&mut f.t, F_VERSION_1);
+    setup_queue(&mut f.t, 0, 0x10000);
+    w(
+        &mut f.t,
+        reg::STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+    );
+    f.dev.wake.as_ref().unwrap().write(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.dev.calls.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the wake event never ran the queue"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(f.dev.last_queue.load(Ordering::SeqCst), 0);
+    while f.irq.read().is_err() {
+        assert!(Instant::now() < deadline, "no interrupt");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(r(&mut f.t, reg::INTERRUPT_STATUS), INT_USED_RING);
 }
