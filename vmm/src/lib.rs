@@ -10,3 +10,4 @@ pub mod engine;
 pub mod guest_init;
 pub mod hypervisor;
 pub mod kernel;
+pub mod logger;

@@ -16,6 +16,7 @@ fn main() {
         let since_exec = std::time::Duration::from_nanos(now.saturating_sub(t0) as u64);
         started = started.checked_sub(since_exec).unwrap_or(started);
     }
+    hutch::logger::init();
     let cli = hutch::cli::Cli::parse();
     std::process::exit(hutch::cli::dispatch(cli, started));
 }
