@@ -9,6 +9,7 @@
 pub mod fs;
 mod fs_glue;
 pub mod mmio;
+pub mod vhost_user;
 pub mod vsock;
 
 use virtio_queue::Queue;

@@ -8,7 +8,7 @@ use std::thread::{self, JoinHandle};
 
 use log::error;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost::vhost_user::Listener;
 use vhost_user_backend::{
     Error as DaemonError, VhostUserBackend, VhostUserDaemon, VringRwLock, VringT,
 };
@@ -162,32 +162,20 @@ pub fn serve_vhost_user(dev: Arc<FsDevice>, socket: &Path) -> Result<VhostUserHa
         }
     };
 
-    let mut listener = Listener::new(&socket, true).map_err(|e| FsError::VhostUserListen {
+    let listener = Listener::new(&socket, true).map_err(|e| FsError::VhostUserListen {
         tag: tag.clone(),
         socket: socket.clone(),
         source: e,
     })?;
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let backend = Arc::new(VhostUserFs::new(dev, mem.clone()));
-    let mut daemon =
+    let daemon =
         VhostUserDaemon::new(format!("vhost-user-fs {tag}"), backend, mem).map_err(&daemon_err)?;
 
     let thread = thread::Builder::new()
         .name(format!("vufs-{tag}"))
         .spawn(move || {
-            daemon.start(&mut listener).map_err(&daemon_err)?;
-            let result = daemon.wait();
-            for handler in daemon.get_epoll_handlers() {
-                handler.send_exit_event();
-            }
-            drop(listener);
-            match result {
-                Ok(())
-                | Err(DaemonError::HandleRequest(
-                    VhostUserError::Disconnected | VhostUserError::PartialMessage,
-                )) => Ok(()),
-                Err(e) => Err(daemon_err(e)),
-            }
+            crate::devices::virtio::vhost_user::serve_one(daemon, listener).map_err(&daemon_err)
         })
         .map_err(|e| FsError::VhostUserThread {
             tag: tag.clone(),

@@ -10,7 +10,7 @@ use std::thread::{self, JoinHandle};
 
 use log::error;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost::vhost_user::Listener;
 use vhost_user_backend::{
     Error as DaemonError, VhostUserBackend, VhostUserDaemon, VringRwLock, VringT,
 };
@@ -155,14 +155,14 @@ pub fn serve_vhost_user_vsock(
             message: e.to_string(),
         }
     };
-    let mut listener = Listener::new(&socket, true).map_err(|e| VsockError::VhostUserListen {
+    let listener = Listener::new(&socket, true).map_err(|e| VsockError::VhostUserListen {
         socket: socket.clone(),
         source: e,
     })?;
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let wake = dev.wake_fd().as_raw_fd();
     let backend = Arc::new(VhostUserVsock::new(dev, mem.clone()));
-    let mut daemon =
+    let daemon =
         VhostUserDaemon::new("vhost-user-vsock".into(), backend, mem).map_err(&daemon_err)?;
     for handler in daemon.get_epoll_handlers() {
         handler
@@ -175,19 +175,7 @@ pub fn serve_vhost_user_vsock(
     let thread = thread::Builder::new()
         .name("vu-vsock".into())
         .spawn(move || {
-            daemon.start(&mut listener).map_err(&daemon_err)?;
-            let result = daemon.wait();
-            for handler in daemon.get_epoll_handlers() {
-                handler.send_exit_event();
-            }
-            drop(listener);
-            match result {
-                Ok(())
-                | Err(DaemonError::HandleRequest(
-                    VhostUserError::Disconnected | VhostUserError::PartialMessage,
-                )) => Ok(()),
-                Err(e) => Err(daemon_err(e)),
-            }
+            crate::devices::virtio::vhost_user::serve_one(daemon, listener).map_err(&daemon_err)
         })
         .map_err(|source| VsockError::Setup {
             what: "vhost-user thread",
