@@ -132,7 +132,6 @@ const COHERENCE_BOUND_MS: u64 = 6_000;
 per_engine!(
     host_edits_reach_a_running_guest_within_the_bound,
     |e: Engine| {
-        use std::io::Read;
         let ws = hutch_e2e::workspace();
         std::fs::write(ws.path().join("f"), "first").unwrap();
         let script = "cat f; echo; : > ready
@@ -167,21 +166,8 @@ echo from-guest > back.txt; sync";
         std::fs::write(ws.path().join("new-from-host"), "n").unwrap();
         std::fs::remove_file(ws.path().join("gone")).unwrap();
         std::fs::write(ws.path().join("go"), "").unwrap();
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "{out}\n{err}");
+        let (code, out, err) = hutch_e2e::collect(&mut child);
+        assert_eq!(code, Some(0), "{out}\n{err}");
         let ms: u64 = out
             .lines()
             .find_map(|l| {

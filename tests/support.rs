@@ -189,6 +189,24 @@ impl Hutch {
     }
 }
 
+/// Reads a spawned child's whole stdout and stderr, then waits for it:
+/// (exit code, stdout, stderr).
+pub fn collect(child: &mut std::process::Child) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_string(&mut out)
+            .expect("reading the child's stdout");
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err)
+            .expect("reading the child's stderr");
+    }
+    let status = child.wait().expect("waiting for the child");
+    (status.code(), out, err)
+}
+
 /// `hutch run --engine E --memory 512M --cpus 1 WS -- ARGV...`.
 pub fn run_args(engine: Engine, ws: &Path, argv: &[&OsStr]) -> Vec<OsString> {
     let mut a: Vec<OsString> = [

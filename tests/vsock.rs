@@ -137,23 +137,9 @@ per_engine!(
         assert_eq!(line, "hello from the guest\n");
         (&g).write_all(b"hello from the host\n").unwrap();
 
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        let status = child.wait().unwrap();
+        let (code, out, err) = hutch_e2e::collect(&mut child);
         drop(watchdog);
-        assert_eq!(status.code(), Some(0), "stderr: {err}");
+        assert_eq!(code, Some(0), "stderr: {err}");
         assert_eq!(out, "hello from the host\nechoed 1048576\n");
         assert!(!path.exists(), "the vsock socket is removed at exit");
         hutch_e2e::report(

@@ -158,13 +158,7 @@ impl VsockDevice {
     /// Takes every packet the guest queued on the transmit queue; returns
     /// whether the driver must be notified.
     pub fn process_tx(&self, mem: &GuestMemoryMmap, queue: &mut Queue) -> Result<bool, VsockError> {
-        let qerr = |op| {
-            move |source| VsockError::Queue {
-                op,
-                queue: "transmit",
-                source,
-            }
-        };
+        let qerr = |op| queue_err("transmit", op);
         let mut used = false;
         let mut data = Vec::new();
         let mut m = self.lock();
@@ -202,13 +196,7 @@ impl VsockDevice {
     /// Fills the receive queue with waiting packets; returns whether the
     /// driver must be notified.
     pub fn process_rx(&self, mem: &GuestMemoryMmap, queue: &mut Queue) -> Result<bool, VsockError> {
-        let qerr = |op| {
-            move |source| VsockError::Queue {
-                op,
-                queue: "receive",
-                source,
-            }
-        };
+        let qerr = |op| queue_err("receive", op);
         let mut used = false;
         let mut m = self.lock();
         while m.has_rx() {
@@ -261,4 +249,12 @@ impl Drop for VsockDevice {
         }
         // `_guard` removes the socket file.
     }
+}
+
+/// Error mapper for a failed operation `op` on queue `queue`.
+fn queue_err(
+    queue: &'static str,
+    op: &'static str,
+) -> impl FnOnce(virtio_queue::Error) -> VsockError {
+    move |source| VsockError::Queue { op, queue, source }
 }
