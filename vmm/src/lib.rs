@@ -2,6 +2,7 @@
 //!
 //! See `docs/architecture.md` for the walk from `main.rs` to the vCPU loop.
 
+pub mod agent;
 pub mod arch;
 pub mod cli;
 pub mod control;
@@ -11,3 +12,4 @@ pub mod guest_init;
 pub mod hypervisor;
 pub mod kernel;
 pub mod logger;
+pub mod sandbox;

@@ -4,6 +4,7 @@
 //! here, split by what it touches, so the pure parts can be unit tested on the
 //! host.
 
+pub mod agent;
 pub mod channel;
 pub mod config;
 pub mod console;
@@ -11,7 +12,8 @@ pub mod host;
 pub mod mounts;
 pub mod ports;
 pub mod power;
-pub mod pump;
+pub mod reaper;
 pub mod rootfs;
 pub mod spawn;
 pub mod sys;
+pub mod vsock;

@@ -1,6 +1,7 @@
-//! PID 1 of a hutch guest: builds the root file system, runs the one command
-//! the host asked for, streams its I/O over the serial line, reports its exit
-//! status and powers off. The parts live in the library; this file sequences
+//! PID 1 of a hutch guest: builds the root file system, starts the agent on
+//! vsock, tells the host it is ready, and powers off when the run's command
+//! exits (one-shot runs) or the host asks (detached sandboxes). Errors before
+//! the agent is up, and the final status, go to the host on the serial line. The parts live in the library; this file sequences
 //! them.
 //!
 //! `no_main`: std's runtime start-up would open `/dev/null` for closed stdio
@@ -9,20 +10,21 @@
 #![no_main]
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use hutch_init::agent::{forward, Agent, Event};
 use hutch_init::channel::{self, FrameSink, TTY_PATH};
-use hutch_init::{config, console, host, mounts, ports, power, pump, rootfs, spawn, sys};
-use hutch_proto::{FrameKind, Milestone, SPEC_PATH};
+use hutch_init::{config, console, host, mounts, ports, power, rootfs, spawn, vsock};
+use hutch_proto::agent::{AGENT_PORT, PROTOCOL_VERSION, READY_PORT};
+use hutch_proto::{write_msg, FrameKind, Milestone, Msg, SPEC_PATH};
 
 /// Exit status when init itself failed (as `env` reports its own failures).
 const INIT_FAILED: i32 = 125;
-/// How long to wait for the output pumps once the command is gone.
-const PUMP_GRACE: Duration = Duration::from_secs(2);
+/// How long processes get between SIGTERM and SIGKILL at shutdown.
+const STOP_GRACE: Duration = Duration::from_millis(500);
 
 /// Entry point, called by the C runtime.
 #[unsafe(no_mangle)]
@@ -69,20 +71,13 @@ fn run() -> i32 {
             return INIT_FAILED;
         }
     };
-    let reader = match tty.try_clone() {
-        Ok(r) => r,
-        Err(e) => {
-            console::say(&format!("dup {TTY_PATH}: {e}"));
-            return INIT_FAILED;
-        }
-    };
     console::trace("serial line open");
     let sink = Arc::new(FrameSink::new(tty));
     // Ready marker: an empty Stdout frame says the tty is raw, so the host may
     // send stdin from now on (earlier bytes are lost or cooked by the kernel).
     let _ = sink.send(FrameKind::Stdout, &[]);
     console::trace("ready frame sent");
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| serve(&sink, reader)));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| serve(&sink)));
     let status = match outcome {
         Ok(Ok(status)) => status,
         Ok(Err(msg)) => report(&sink, &msg),
@@ -107,7 +102,7 @@ fn report(sink: &FrameSink<File>, msg: &str) -> i32 {
 }
 
 /// Everything after the channel is up. `Err` is a message for an Error frame.
-fn serve(sink: &Arc<FrameSink<File>>, tty_in: File) -> Result<i32, String> {
+fn serve(_sink: &Arc<FrameSink<File>>) -> Result<i32, String> {
     let spec = config::load_spec(SPEC_PATH).map_err(|e| e.to_string())?;
     console::trace("spec loaded");
     let warnings = rootfs::build(&spec).map_err(|e| e.to_string())?;
@@ -122,61 +117,39 @@ fn serve(sink: &Arc<FrameSink<File>>, tty_in: File) -> Result<i32, String> {
     ports::milestone(Milestone::Mounted);
     console::trace("mounted");
 
-    let cwd = sys::path(&spec.cwd);
-    if !cwd.is_dir() {
-        let why = std::fs::metadata(cwd)
-            .err()
-            .map_or("not a directory".into(), |e| e.to_string());
-        return Err(format!("working directory {}: {why}", cwd.display()));
-    }
-    let mut child = match spawn::command(&spec).spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let (msg, status) = spawn::spawn_failure(&spec.argv[0], &e);
-            let _ = sink.send(FrameKind::Stderr, &msg);
-            return Ok(status);
+    let (events_tx, events) = mpsc::channel();
+    let agent = Agent::new(events_tx);
+    let listener = vsock::listen(AGENT_PORT, 64)
+        .map_err(|e| format!("agent: listen on vsock port {AGENT_PORT}: {e}"))?;
+    let a = agent.clone();
+    thread::Builder::new()
+        .name("agent".into())
+        .spawn(move || a.serve(listener))
+        .map_err(|e| format!("agent thread: {e}"))?;
+    let _ = thread::Builder::new()
+        .name("proxy-relay".into())
+        .spawn(forward::serve_proxy);
+    let mut ready = vsock::connect(vsock::HOST_CID, READY_PORT)
+        .map_err(|e| format!("telling the host the agent is up: {e}"))?;
+    write_msg(&mut ready, &Msg::Hello(PROTOCOL_VERSION))
+        .map_err(|e| format!("telling the host the agent is up: {e}"))?;
+    agent.spawn_conn(ready, !spec.detached);
+    ports::milestone(Milestone::CommandStart);
+    console::trace("agent ready");
+
+    let status = match events.recv() {
+        Ok(Event::MainExited(status)) => {
+            spawn::kill_leftovers();
+            status
+        }
+        Ok(Event::Shutdown) | Err(_) => {
+            spawn::stop_everything(STOP_GRACE);
+            0
         }
     };
-    ports::milestone(Milestone::CommandStart);
-    console::trace("command spawned");
-    let pid = child.id() as libc::pid_t;
-
-    let (done_tx, done_rx) = mpsc::channel();
-    let mut pumps = 0;
-    let outputs = [
-        (
-            child.stdout.take().map(|p| File::from(OwnedFd::from(p))),
-            FrameKind::Stdout,
-        ),
-        (
-            child.stderr.take().map(|p| File::from(OwnedFd::from(p))),
-            FrameKind::Stderr,
-        ),
-    ];
-    for (pipe, kind) in outputs {
-        let (Some(pipe), sink, done) = (pipe, Arc::clone(sink), done_tx.clone()) else {
-            continue;
-        };
-        let started = thread::Builder::new().spawn(move || {
-            let _ = pump::pump_output(pipe, kind, &sink);
-            let _ = done.send(());
-        });
-        pumps += usize::from(started.is_ok());
-    }
-    let stdin = child.stdin.take();
-    let _ = thread::Builder::new().spawn(move || pump::pump_input(tty_in, stdin));
-
-    let status = spawn::reap_until(pid).map_err(|e| format!("waitpid for the command: {e}"))?;
-    console::trace("command exited");
-    spawn::kill_leftovers(pid);
-    let deadline = Instant::now() + PUMP_GRACE;
-    for _ in 0..pumps {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if done_rx.recv_timeout(left).is_err() {
-            break;
-        }
-    }
+    // SAFETY: sync only flushes file system buffers.
+    unsafe { libc::sync() };
     ports::milestone(Milestone::CommandExit);
-    console::trace("output drained");
+    console::trace("stopped");
     Ok(status)
 }

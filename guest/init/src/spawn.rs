@@ -4,9 +4,9 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use hutch_proto::RunSpec;
+use hutch_proto::ExecRequest;
 
 /// Splits a `KEY=VALUE` entry at the first `=`. Entries without `=` or with an
 /// empty key cannot be passed to a command and yield `None`.
@@ -15,10 +15,12 @@ pub fn split_env(entry: &[u8]) -> Option<(&[u8], &[u8])> {
     (eq > 0).then(|| (&entry[..eq], &entry[eq + 1..]))
 }
 
-/// Builds the command: exactly the spec's argv, env and cwd, stdio on pipes,
-/// in a session of its own. With `PATH` in the env, argv\[0\] is looked up in it.
-pub fn command(spec: &RunSpec) -> Command {
-    let (argv0, args) = spec
+/// Builds the command: exactly the request's argv, env, cwd and ids, in a
+/// session of its own (so signals can reach its whole process group). With
+/// `ctty`, its stdin becomes the session's controlling terminal. With `PATH`
+/// in the env, argv\[0\] is looked up in it. The caller sets up stdio.
+pub fn command(req: &ExecRequest, ctty: bool) -> Command {
+    let (argv0, args) = req
         .argv
         .split_first()
         .map_or((&[][..], &[][..]), |(a, r)| (&a[..], r));
@@ -26,22 +28,26 @@ pub fn command(spec: &RunSpec) -> Command {
     cmd.args(args.iter().map(|a| OsStr::from_bytes(a)))
         .env_clear()
         .envs(
-            spec.env
+            req.env
                 .iter()
                 .filter_map(|e| split_env(e))
                 .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v))),
         )
-        .current_dir(OsStr::from_bytes(&spec.cwd))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .current_dir(OsStr::from_bytes(&req.cwd));
+    if req.uid != 0 || req.gid != 0 {
+        cmd.uid(req.uid).gid(req.gid);
+    }
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // signal and setsid, which are async-signal-safe; it allocates nothing.
+    // signal, setsid and ioctl, which are async-signal-safe; it allocates
+    // nothing.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             // Init ignores SIGPIPE; the command starts with the default.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if ctty && libc::ioctl(0, libc::TIOCSCTTY as _, 0) == -1 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -85,35 +91,28 @@ pub fn exit_status(raw: libc::c_int) -> i32 {
     }
 }
 
-/// As PID 1: reaps every child that exits until `pid` does, and returns its
-/// status. Orphans re-parented to init are reaped on the way.
-pub fn reap_until(pid: libc::pid_t) -> io::Result<i32> {
-    loop {
-        let mut raw = 0;
-        // SAFETY: `raw` is a valid out pointer for the call.
-        let got = unsafe { libc::waitpid(-1, &mut raw, 0) };
-        if got == -1 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if got == pid {
-            return Ok(exit_status(raw));
-        }
-    }
+/// Kills every process but init, at once, so that nothing outlives the
+/// run's command.
+pub fn kill_leftovers() {
+    // SAFETY: kill only sends signals; from PID 1, -1 spares init itself.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
 }
 
-/// Kills what the command left behind: its process group (it is a session
-/// leader, so pgid = pid), then every other process but init, so that no one
-/// holds the output pipes open.
-pub fn kill_leftovers(pid: libc::pid_t) {
-    // SAFETY: kill only sends signals; from PID 1, -1 spares init itself.
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
-        libc::kill(-1, libc::SIGKILL);
+/// Asks every process but init to stop (SIGTERM), waits up to `grace`, then
+/// kills what is left.
+pub fn stop_everything(grace: std::time::Duration) {
+    // SAFETY: as in kill_leftovers.
+    unsafe { libc::kill(-1, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        // Signal 0 to -1 fails with ESRCH once no other process is left.
+        // SAFETY: as above; signal 0 sends nothing.
+        if unsafe { libc::kill(-1, 0) } == -1 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    kill_leftovers();
 }
 
 #[cfg(test)]
@@ -161,12 +160,12 @@ mod tests {
         );
     }
 
-    fn spec(argv: &[&[u8]], env: &[&[u8]]) -> RunSpec {
-        RunSpec {
+    fn spec(argv: &[&[u8]], env: &[&[u8]]) -> ExecRequest {
+        ExecRequest {
             argv: argv.iter().map(|a| a.to_vec()).collect(),
             env: env.iter().map(|e| e.to_vec()).collect(),
             cwd: b"/".to_vec(),
-            ..RunSpec::default()
+            ..ExecRequest::default()
         }
     }
 
@@ -183,7 +182,7 @@ mod tests {
             ],
             &[b"PATH=/usr/bin:/bin", b"K=v=w", b"BAD"],
         );
-        let out = command(&s).output().unwrap();
+        let out = command(&s, false).output().unwrap();
         assert!(out.status.success(), "{out:?}");
         let got = out.stdout;
         assert!(
@@ -204,7 +203,7 @@ mod tests {
     #[test]
     fn missing_command_is_not_found() {
         let s = spec(&[b"hutch-no-such-command"], &[b"PATH=/usr/bin:/bin"]);
-        let err = command(&s).spawn().unwrap_err();
+        let err = command(&s, false).spawn().unwrap_err();
         assert_eq!(spawn_failure(&s.argv[0], &err).1, 127);
     }
 }

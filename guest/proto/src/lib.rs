@@ -1,20 +1,24 @@
 //! Wire formats shared by the hutch VMM (host) and `hutch-init` (guest PID 1).
 //!
-//! Two things cross the VM boundary before vsock exists:
-//!
-//! * the [`RunSpec`]: what to run. The host writes it as the file [`SPEC_PATH`]
-//!   inside the initramfs it generates for every run. Every string is a
-//!   length-prefixed byte string, so argv, env and cwd survive spaces,
-//!   quotes, newlines and bytes that are not UTF-8.
-//! * [`Frame`]s on the serial line: the command's stdout and stderr, its exit
-//!   status and init's own errors (guest to host), and stdin (host to guest).
-//!   Bytes outside a frame are kernel console text.
+//! * the [`RunSpec`]: how to set the guest up (workspace, home, one-shot or
+//!   detached). The host writes it as the file [`SPEC_PATH`] inside the
+//!   initramfs it generates for every run. Every string is a length-prefixed
+//!   byte string, so paths survive spaces, newlines and bytes that are not
+//!   UTF-8.
+//! * the [`agent`] protocol over vsock: what to run ([`ExecRequest`]), its
+//!   stdin, stdout, stderr, window size, signals and exit status, port
+//!   forwards and shutdown.
+//! * [`Frame`]s on the serial line, which otherwise carries kernel console
+//!   text: init's own errors before the agent is up, and the exit status.
 //!
 //! The boot-timer and exit ports are I/O ports the guest writes to; the
 //! native VMM records the time of each write (see [`Milestone`]).
 
+pub mod agent;
 mod frame;
 mod spec;
+
+pub use agent::{read_msg, write_msg, AgentError, ExecRequest, Msg, WinSize};
 
 pub use frame::{Frame, FrameDecoder, FrameKind, FRAME_MAGIC, MAX_PAYLOAD};
 pub use spec::{RunSpec, SpecError};

@@ -1,56 +1,57 @@
-//! The run spec: what init runs, encoded as length-prefixed byte strings.
+//! The run spec: how init sets up the guest, encoded as length-prefixed byte
+//! strings. What to run arrives later, over vsock, as an
+//! [`ExecRequest`](crate::ExecRequest).
 
 use thiserror::Error;
 
-const MAGIC: &[u8; 8] = b"HUTCHSP1";
+const MAGIC: &[u8; 8] = b"HUTCHSP2";
 /// Upper bound on any one count or length, so a corrupt spec cannot make init
 /// allocate without limit.
 const MAX_ITEM: u32 = 16 << 20;
 
-/// Errors decoding a [`RunSpec`].
+/// Errors decoding a [`RunSpec`] or an [`ExecRequest`](crate::ExecRequest).
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SpecError {
     /// The spec does not start with the expected magic bytes.
     #[error("run spec: bad magic (not a hutch spec, or another version)")]
     BadMagic,
     /// The spec ends in the middle of a field.
-    #[error("run spec: truncated at byte {0}")]
+    #[error("truncated at byte {0}")]
     Truncated(usize),
     /// A count or length is beyond [`MAX_ITEM`].
-    #[error("run spec: length {len} at byte {at} is too large")]
+    #[error("length {len} at byte {at} is too large")]
     TooLarge { at: usize, len: u32 },
     /// Bytes are left over after the last field.
-    #[error("run spec: {0} trailing bytes")]
+    #[error("{0} trailing bytes")]
     Trailing(usize),
     /// argv is empty.
-    #[error("run spec: empty argv")]
+    #[error("empty argv")]
     EmptyArgv,
+    /// A field holds a value outside its range.
+    #[error("bad value {value} for {field}")]
+    BadValue { field: &'static str, value: u32 },
 }
 
-/// What init runs, and where.
+/// How init sets up the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RunSpec {
-    /// argv[0] is looked up in PATH when it has no slash.
-    pub argv: Vec<Vec<u8>>,
-    /// `KEY=VALUE` entries, exactly as the command will see them.
-    pub env: Vec<Vec<u8>>,
-    /// Working directory of the command (absolute).
-    pub cwd: Vec<u8>,
     /// Absolute host path of the workspace; mounted at the same path.
     pub workspace: Vec<u8>,
     /// Home directory to create as a tmpfs (absolute).
     pub home: Vec<u8>,
+    /// `false`: the first session on the ready connection is the run's
+    /// command, and the guest powers off when it ends. `true`: the guest stays
+    /// up, serving sessions, until the host asks it to shut down.
+    pub detached: bool,
 }
 
 impl RunSpec {
     /// Encodes the spec.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
-        put_list(&mut out, &self.argv);
-        put_list(&mut out, &self.env);
-        put_bytes(&mut out, &self.cwd);
         put_bytes(&mut out, &self.workspace);
         put_bytes(&mut out, &self.home);
+        put_u32(&mut out, usize::from(self.detached));
         out
     }
 
@@ -64,46 +65,39 @@ impl RunSpec {
             pos: MAGIC.len(),
         };
         let spec = RunSpec {
-            argv: r.list()?,
-            env: r.list()?,
-            cwd: r.bytes()?,
             workspace: r.bytes()?,
             home: r.bytes()?,
+            detached: r.flag("detached")?,
         };
-        if r.pos != buf.len() {
-            return Err(SpecError::Trailing(buf.len() - r.pos));
-        }
-        if spec.argv.is_empty() {
-            return Err(SpecError::EmptyArgv);
-        }
+        r.finish()?;
         Ok(spec)
     }
 }
 
-fn put_u32(out: &mut Vec<u8>, v: usize) {
+pub(crate) fn put_u32(out: &mut Vec<u8>, v: usize) {
     let v = u32::try_from(v).expect("run spec field over 4 GiB");
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+pub(crate) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     put_u32(out, b.len());
     out.extend_from_slice(b);
 }
 
-fn put_list(out: &mut Vec<u8>, items: &[Vec<u8>]) {
+pub(crate) fn put_list(out: &mut Vec<u8>, items: &[Vec<u8>]) {
     put_u32(out, items.len());
     for i in items {
         put_bytes(out, i);
     }
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl Reader<'_> {
-    fn u32(&mut self) -> Result<u32, SpecError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, SpecError> {
         let end = self.pos + 4;
         let b = self
             .buf
@@ -120,7 +114,7 @@ impl Reader<'_> {
         Ok(v)
     }
 
-    fn bytes(&mut self) -> Result<Vec<u8>, SpecError> {
+    pub(crate) fn bytes(&mut self) -> Result<Vec<u8>, SpecError> {
         let len = self.u32()? as usize;
         let end = self.pos + len;
         let b = self
@@ -131,7 +125,22 @@ impl Reader<'_> {
         Ok(b.to_vec())
     }
 
-    fn list(&mut self) -> Result<Vec<Vec<u8>>, SpecError> {
+    pub(crate) fn flag(&mut self, field: &'static str) -> Result<bool, SpecError> {
+        match self.u32()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            value => Err(SpecError::BadValue { field, value }),
+        }
+    }
+
+    pub(crate) fn finish(&self) -> Result<(), SpecError> {
+        match self.buf.len() - self.pos {
+            0 => Ok(()),
+            n => Err(SpecError::Trailing(n)),
+        }
+    }
+
+    pub(crate) fn list(&mut self) -> Result<Vec<Vec<u8>>, SpecError> {
         let n = self.u32()?;
         (0..n).map(|_| self.bytes()).collect()
     }
@@ -143,18 +152,9 @@ mod tests {
 
     fn sample() -> RunSpec {
         RunSpec {
-            argv: vec![
-                b"sh".to_vec(),
-                b"-c".to_vec(),
-                b"echo 'a b' \"c\"\n\xff\xfe".to_vec(),
-            ],
-            env: vec![
-                b"PATH=/usr/bin".to_vec(),
-                "UNI=\u{e9}\u{1f600}".as_bytes().to_vec(),
-            ],
-            cwd: b"/w s/p".to_vec(),
-            workspace: b"/w s".to_vec(),
+            workspace: "/w s/\u{e9}\n".as_bytes().to_vec(),
             home: b"/root".to_vec(),
+            detached: true,
         }
     }
 
@@ -162,10 +162,15 @@ mod tests {
     fn round_trips_odd_bytes() {
         let s = sample();
         assert_eq!(RunSpec::decode(&s.encode()).unwrap(), s);
+        let one = RunSpec {
+            detached: false,
+            ..sample()
+        };
+        assert_eq!(RunSpec::decode(&one.encode()).unwrap(), one);
     }
 
     #[test]
-    fn rejects_bad_magic_truncation_and_trailing() {
+    fn rejects_bad_magic_truncation_trailing_and_bad_flags() {
         let enc = sample().encode();
         assert_eq!(RunSpec::decode(b"nope"), Err(SpecError::BadMagic));
         for cut in MAGIC.len()..enc.len() {
@@ -177,20 +182,25 @@ mod tests {
         let mut long = enc.clone();
         long.push(0);
         assert_eq!(RunSpec::decode(&long), Err(SpecError::Trailing(1)));
+        let mut bad = enc.clone();
+        let n = bad.len();
+        bad[n - 4] = 7;
+        assert_eq!(
+            RunSpec::decode(&bad),
+            Err(SpecError::BadValue {
+                field: "detached",
+                value: 7
+            })
+        );
     }
 
     #[test]
-    fn rejects_huge_lengths_and_empty_argv() {
+    fn rejects_huge_lengths() {
         let mut enc = MAGIC.to_vec();
         enc.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             RunSpec::decode(&enc),
             Err(SpecError::TooLarge { .. })
         ));
-        let empty = RunSpec {
-            argv: vec![],
-            ..sample()
-        };
-        assert_eq!(RunSpec::decode(&empty.encode()), Err(SpecError::EmptyArgv));
     }
 }

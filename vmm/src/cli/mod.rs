@@ -1,11 +1,16 @@
-//! The command line: `hutch run | kernel | doctor | selftest`.
+//! The command line: `hutch run | exec | ls | stop | rm | ports | kernel | doctor | selftest`.
 
 pub mod bench;
+pub mod daemon;
 pub mod doctor;
+pub mod exec;
 #[cfg(feature = "aarch64")]
 pub mod fdt;
 pub mod kernel;
+pub mod link;
+pub mod ports;
 pub mod run;
+pub mod sandboxes;
 pub mod selftest;
 pub mod size;
 
@@ -28,6 +33,24 @@ pub struct Cli {
 pub enum Command {
     /// Run CMD in a new microVM with WORKSPACE (default: the current directory) shared read-write at the same path.
     Run(RunArgs),
+    /// Run CMD in a running sandbox (see run -d).
+    Exec(ExecArgs),
+    /// List sandboxes: name, status, engine, workspace, memory, cpus, uptime, ports.
+    Ls,
+    /// Stop running sandboxes (their records stay until rm).
+    Stop {
+        /// Sandbox names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove sandboxes, stopping them first if they run.
+    Rm {
+        /// Sandbox names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Publish, list or unpublish a running sandbox's ports.
+    Ports(PortsArgs),
     /// Build or locate the guest kernel.
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -95,6 +118,69 @@ pub struct RunArgs {
     /// guest connections to host port P reach PATH_P. PATH is removed at exit.
     #[arg(long, value_name = "PATH")]
     pub vsock: Option<PathBuf>,
+    /// Start the sandbox and leave it running in the background (use exec, stop, rm).
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Name the sandbox, so exec, ls, stop, rm and ports can find it (run -d makes one up if not given).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Publish a guest port on the host: [[HOST_IP:]HOST_PORT:]GUEST_PORT[/tcp] (loopback and a free port by default).
+    #[arg(long = "publish", short = 'p', value_name = "SPEC")]
+    pub publish: Vec<String>,
+    /// Internal: this process is the background VMM of `run -d`.
+    #[arg(long, hide = true)]
+    pub daemon_child: bool,
+}
+
+/// `hutch exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Keep stdin open and send it to the command.
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
+    /// Give the command a terminal.
+    #[arg(long, short = 't')]
+    pub tty: bool,
+    /// Set an environment variable (KEY=VALUE, or KEY to copy the host's value).
+    #[arg(long = "env", short = 'e')]
+    pub env: Vec<OsString>,
+    /// Working directory in the guest (default: the workspace).
+    #[arg(long = "workdir", short = 'w')]
+    pub workdir: Option<PathBuf>,
+    /// Run as UID[:GID] (default: root in the guest).
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+    /// The sandbox.
+    pub name: String,
+    /// Command and arguments (default: sh).
+    #[arg(last = true)]
+    pub cmd: Vec<OsString>,
+}
+
+/// `hutch ports`.
+#[derive(Debug, Args)]
+pub struct PortsArgs {
+    /// The sandbox.
+    pub name: String,
+    #[command(subcommand)]
+    pub action: PortsAction,
+}
+
+/// What `hutch ports NAME` does.
+#[derive(Debug, Subcommand)]
+pub enum PortsAction {
+    /// Forward host connections to guest ports: [[HOST_IP:]HOST_PORT:]GUEST_PORT[/tcp].
+    Publish {
+        #[arg(required = true)]
+        specs: Vec<String>,
+    },
+    /// List published ports.
+    Ls,
+    /// Stop forwarding: GUEST_PORT or HOST_PORT:GUEST_PORT.
+    Unpublish {
+        #[arg(required = true)]
+        specs: Vec<String>,
+    },
 }
 
 /// `hutch kernel`.
@@ -141,6 +227,11 @@ pub struct SelftestArgs {
 pub fn dispatch(cli: Cli, started: std::time::Instant) -> i32 {
     match cli.command {
         Command::Run(a) => run::main(a, started),
+        Command::Exec(a) => exec::main(a),
+        Command::Ls => sandboxes::ls(),
+        Command::Stop { names } => sandboxes::stop(&names),
+        Command::Rm { names } => sandboxes::rm(&names),
+        Command::Ports(a) => ports::main(a),
         Command::Kernel(k) => kernel::main(k),
         Command::Doctor => doctor::main(),
         Command::Selftest(a) => selftest::main(a, started),
@@ -190,6 +281,44 @@ mod tests {
             vec!["ls", "--help"],
             "flags after -- belong to the command"
         );
+    }
+
+    #[test]
+    fn sandbox_verbs() {
+        let Command::Run(a) = parse(&[
+            "run", "-d", "--name", "web", "-p", "8080:80", "-p", "9", "/ws",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert!(a.detach);
+        assert_eq!(a.name.as_deref(), Some("web"));
+        assert_eq!(a.publish, ["8080:80", "9"]);
+        let Command::Exec(e) = parse(&[
+            "exec", "-it", "-e", "A=1", "-w", "/tmp", "web", "--", "ls", "-l",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert!(e.interactive && e.tty);
+        assert_eq!(e.name, "web");
+        assert_eq!(e.workdir, Some(PathBuf::from("/tmp")));
+        assert_eq!(e.cmd, ["ls", "-l"]);
+        assert!(parse(&["exec"]).is_err(), "exec needs a name");
+        assert!(parse(&["stop"]).is_err());
+        assert!(matches!(
+            parse(&["ports", "web", "publish", "80"]).unwrap().command,
+            Command::Ports(PortsArgs {
+                action: PortsAction::Publish { .. },
+                ..
+            })
+        ));
+        assert!(parse(&["ports", "web", "publish"]).is_err());
+        assert!(matches!(parse(&["ls"]).unwrap().command, Command::Ls));
     }
 
     #[test]

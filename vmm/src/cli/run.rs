@@ -3,16 +3,21 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
-use hutch_proto::{RunSpec, ROOT_TAG, WORKSPACE_TAG};
+use hutch_proto::{ExecRequest, RunSpec, WinSize, ROOT_TAG, WORKSPACE_TAG};
 
+use super::link::GuestLink;
 use super::size;
 use super::RunArgs;
+use crate::agent::{run_session, terminal, SessionIo};
 use crate::control::StopReason;
 use crate::devices::virtio::fs::{ShareConfig, SharePolicy};
 use crate::engine::console::GuestReport;
 use crate::engine::{self, detect, Resolved, VmOutcome, VmSpec};
+use crate::sandbox::Status;
 
 /// Exit status when hutch itself (not the command) failed.
 pub const EXIT_HUTCH_ERROR: i32 = 125;
@@ -102,24 +107,90 @@ fn run(args: RunArgs, started: Instant) -> Result<i32, String> {
     // Check what the user gave first, before any engine or kernel work, so
     // bad input gets the same answer on every host.
     check_args(&args)?;
+    if args.detach && !args.daemon_child {
+        return super::daemon::start(&args);
+    }
     let kvm = detect::HostFacts::probe().kind();
     let (engine, notice) = engine::resolve(args.engine, kvm, detect::find_qemu().is_some())?;
-    let vm = vm_spec(&args, engine, started)?;
+    let mut vm = vm_spec(&args, engine, started)?;
     if let Some(n) = notice {
-        eprintln!("{n}");
+        if !args.daemon_child {
+            eprintln!("{n}");
+        }
     }
+    let host = GuestLink::open(&args, engine, &vm)?;
+    vm.vsock = Some(host.vsock().to_path_buf());
+    let request = exec_request(&args)?;
+    let tty = request.tty.is_some();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let session = {
+        let (stop, host) = (stop.clone(), host.clone());
+        let detached = args.detach;
+        std::thread::spawn(move || {
+            let Some(conn) = host.accept_hello(&stop) else {
+                return;
+            };
+            host.mark(Status::Running);
+            if detached {
+                return;
+            }
+            let io = SessionIo {
+                forward_stdin: true,
+                raw_tty: tty,
+                forward_signals: true,
+            };
+            let r = run_session(conn, &request, io, host.vsock()).map_err(|e| e.to_string());
+            let _ = tx.send(r);
+        })
+    };
     let outcome = match engine {
         Resolved::Native => engine::native::run(vm),
         Resolved::Qemu { kvm } => engine::qemu::run(vm, kvm),
-    }
-    .map_err(|e| e.to_string())?;
+    };
+    stop.store(true, Ordering::SeqCst);
+    let session_result = rx.recv_timeout(SESSION_GRACE).ok();
+    drop(session);
+    host.finish();
+    let outcome = outcome.map_err(|e| e.to_string())?;
     if args.timings {
         print_timings(&outcome, engine, started);
     }
     for report in &outcome.fs_stats {
         eprint!("hutch: {report}");
     }
-    exit_status(&outcome)
+    match session_result {
+        Some(Ok(status)) => Ok(status),
+        // The guest ended without finishing the session: what init reported
+        // on the serial line says why.
+        Some(Err(e)) => exit_status(&outcome).map_err(|why| format!("{why}\n(session: {e})")),
+        None if args.detach => Ok(0),
+        None => exit_status(&outcome),
+    }
+}
+
+/// How long to wait for the session to finish once the VM has stopped.
+const SESSION_GRACE: Duration = Duration::from_secs(3);
+
+/// The run's command as an exec request: a terminal when stdin and stdout
+/// are both terminals.
+fn exec_request(args: &RunArgs) -> Result<ExecRequest, String> {
+    let ws = workspace(args.workspace.as_deref())?;
+    let argv: Vec<Vec<u8>> = if args.cmd.is_empty() {
+        vec![b"sh".to_vec()]
+    } else {
+        args.cmd.iter().map(|a| a.as_bytes().to_vec()).collect()
+    };
+    let tty = (terminal::is_tty(0) && terminal::is_tty(1))
+        .then(|| terminal::size(0).unwrap_or(WinSize { rows: 24, cols: 80 }));
+    Ok(ExecRequest {
+        argv,
+        env: guest_env(&args.env)?,
+        cwd: guest_cwd(&ws).into_os_string().into_vec(),
+        tty,
+        uid: 0,
+        gid: 0,
+    })
 }
 
 /// Validates the workspace, sizes, environment and kernel path.
@@ -151,12 +222,6 @@ pub fn vm_spec(args: &RunArgs, engine: Resolved, started: Instant) -> Result<VmS
         Some(c) => size::check_cpus(c, size::host_cpus()).map_err(|e| e.to_string())?,
         None => size::default_cpus(size::host_cpus()),
     };
-    let argv: Vec<Vec<u8>> = if args.cmd.is_empty() {
-        vec![b"sh".to_vec()]
-    } else {
-        args.cmd.iter().map(|a| a.as_bytes().to_vec()).collect()
-    };
-    let env = guest_env(&args.env)?;
     let kernel = match &args.kernel {
         Some(k) if k.is_file() => k.clone(),
         Some(k) => return Err(format!("kernel {}: no such file", k.display())),
@@ -170,11 +235,9 @@ pub fn vm_spec(args: &RunArgs, engine: Resolved, started: Instant) -> Result<VmS
     };
     crate::control::mark_early("kernel located");
     let spec = RunSpec {
-        argv,
-        env,
-        cwd: guest_cwd(&ws).into_os_string().into_vec(),
         workspace: ws.clone().into_os_string().into_vec(),
         home: GUEST_HOME.as_bytes().to_vec(),
+        detached: args.detach,
     };
     let loglevel = if args.console {
         "loglevel=7"
@@ -205,9 +268,7 @@ pub fn vm_spec(args: &RunArgs, engine: Resolved, started: Instant) -> Result<VmS
         },
     ];
     vm.echo_console = args.console;
-    vm.forward_stdin = true;
     vm.fs_stats = args.stats;
-    vm.vsock = args.vsock.clone();
     Ok(vm)
 }
 

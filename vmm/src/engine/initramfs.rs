@@ -180,7 +180,7 @@ mod tests {
     #[test]
     fn archive_holds_init_console_and_spec() {
         let spec = RunSpec {
-            argv: vec![b"true".to_vec()],
+            detached: true,
             ..Default::default()
         };
         let a = build(b"\x7fELF-init", &spec).to_vec();

@@ -258,7 +258,7 @@ mod tests {
         s.initrd = Some(crate::engine::initramfs::build(
             b"\x7fELF",
             &hutch_proto::RunSpec {
-                argv: vec![b"true".to_vec()],
+                detached: true,
                 ..Default::default()
             },
         ));

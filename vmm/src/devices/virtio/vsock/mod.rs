@@ -33,6 +33,7 @@ mod tests;
 
 pub use device::{VsockConfig, VsockDevice};
 pub use error::VsockError;
+pub use host::SocketGuard;
 pub use vhost_user::{serve_vhost_user_vsock, VhostUserVsock, VhostUserVsockHandle};
 
 /// The guest's context id (the first one a guest may have).
