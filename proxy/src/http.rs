@@ -201,6 +201,30 @@ pub fn parse(head: &[u8]) -> Result<Request, HeadError> {
     })
 }
 
+/// Sets header `name` in a complete request head: every existing field
+/// with that name (any case) is dropped and one `name: value` is added
+/// last. Line endings are normalised to CRLF.
+pub fn set_header(head: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.len() + name.len() + value.len() + 4);
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    if let Some(first) = lines.next() {
+        out.extend_from_slice(first);
+        out.extend_from_slice(b"\r\n");
+    }
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let field = line.split(|&b| b == b':').next().unwrap_or(line);
+        if field.trim_ascii().eq_ignore_ascii_case(name.as_bytes()) {
+            continue;
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("{name}: {value}\r\n\r\n").as_bytes());
+    out
+}
+
 /// `host:port`, `[v6]:port`, or (with a default port) `host`.
 fn parse_authority(s: &str, default_port: Option<u16>) -> Result<(Host, u16), HeadError> {
     let bad = |why: &str| HeadError::Malformed(format!("bad authority {s:?}: {why}"));
@@ -322,6 +346,15 @@ mod tests {
         let (_, h, port, _, head) = forward("GET http://[2001:db8::1]:81/ HTTP/1.1\r\n\r\n");
         assert_eq!((h, port), (Host::Ip("2001:db8::1".parse().unwrap()), 81));
         assert!(head.contains("Host: [2001:db8::1]:81\r\n"));
+    }
+
+    #[test]
+    fn set_header_replaces_every_copy() {
+        let head = b"GET /v1 HTTP/1.1\r\nHost: a\r\nX-Api-Key: guest\r\nx-api-key : other\nAccept: */*\r\n\r\n";
+        assert_eq!(
+            String::from_utf8(set_header(head, "x-api-key", "sk-1")).unwrap(),
+            "GET /v1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nx-api-key: sk-1\r\n\r\n"
+        );
     }
 
     #[tokio::test]

@@ -51,6 +51,9 @@ pub struct Entry {
     pub verdict: Verdict,
     /// Why, in words (the 403 body's reason, or the connect error).
     pub reason: Option<String>,
+    /// The credential added (its service), when the host has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
     /// Bytes from the sandbox to the destination.
     pub bytes_up: u64,
     /// Bytes from the destination to the sandbox.
@@ -73,10 +76,15 @@ pub struct DecisionLog {
 }
 
 impl DecisionLog {
-    /// A log keeping `capacity` entries in memory, appending to `file` if given.
+    /// A log keeping `capacity` entries in memory, appending to `file` if
+    /// given (its directory is made if missing).
     pub fn new(capacity: usize, file: Option<&Path>) -> Result<DecisionLog, LogError> {
         let file = match file {
             Some(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    // A failure here shows up as the open's error just below.
+                    let _ = std::fs::create_dir_all(dir);
+                }
                 let f = OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -148,6 +156,7 @@ mod tests {
             rule: Some("**.example.com".into()),
             verdict: Verdict::Allow,
             reason: None,
+            credential: None,
             bytes_up: 10,
             bytes_down: 20,
         }
@@ -178,9 +187,12 @@ mod tests {
 
     #[test]
     fn open_errors_name_the_file() {
-        let err = DecisionLog::new(1, Some(Path::new("/nonexistent/dir/log.jsonl"))).unwrap_err();
+        // A regular file where the log's directory should be.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().join("log.jsonl");
+        let err = DecisionLog::new(1, Some(&path)).unwrap_err();
         assert!(
-            err.to_string().contains("/nonexistent/dir/log.jsonl"),
+            err.to_string().contains(&path.display().to_string()),
             "{err}"
         );
     }

@@ -1,7 +1,8 @@
 //! The proxy server: one task per accepted stream, HTTP/1.1 forwarding and
 //! CONNECT tunnels, with limits on header size, header time and concurrent
-//! connections. Streams are any `AsyncRead + AsyncWrite`, so a vsock stream
-//! plugs in where the tests use loopback TCP.
+//! connections. Hosts with a credential get their TLS terminated and the
+//! credential added (see [`crate::tls`]). Streams come from TCP or Unix
+//! listeners, or any `AsyncRead + AsyncWrite` through [`Proxy::accept`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,16 +10,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
+use crate::credential::{Credential, Credentials};
 use crate::http::{self, HeadError, Request};
 use crate::log::{now_ms, DecisionLog, Entry, LogError, Verdict};
 use crate::policy::Policy;
+use crate::redact::Redactor;
+use crate::relay::{forward, respond, tunnel, ESTABLISHED};
 use crate::resolve::Resolver;
 use crate::rule::Host;
 use crate::ssrf::{Guard, Refusal};
+use crate::stream::{Client, Plain, Prefixed};
+use crate::tls::intercept::{self, Limits};
+use crate::tls::{self, Ca, CaError, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -27,8 +36,21 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on {}: {source}", path.display())]
+    BindUnix {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the proxy's runtime: {0}")]
+    Runtime(std::io::Error),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error("sandbox {sandbox} has credentials but no CA directory (Config::ca_dir)")]
+    NoCaDir { sandbox: String },
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// What one proxy instance (one sandbox) runs with.
@@ -44,12 +66,20 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Connections served at once (more: 503 and close).
     pub max_connections: usize,
-    /// Time allowed to connect to a destination.
+    /// Time allowed to connect to a destination (and for its TLS handshake).
     pub connect_timeout: Duration,
     /// Where the decision log is appended as JSON lines, if anywhere.
     pub log_file: Option<PathBuf>,
     /// How many decisions are kept in memory.
     pub log_capacity: usize,
+    /// Headers to add, by host. Hosts listed here get their TLS terminated.
+    pub credentials: Credentials,
+    /// The sandbox CA's directory (made on first use); needed with credentials.
+    pub ca_dir: Option<PathBuf>,
+    /// Trust the host's root certificates for upstream TLS.
+    pub native_roots: bool,
+    /// More trusted roots for upstream TLS (PEM files), e.g. a test CA.
+    pub upstream_roots: Vec<PathBuf>,
 }
 
 impl Config {
@@ -63,8 +93,18 @@ impl Config {
             connect_timeout: Duration::from_secs(10),
             log_file: None,
             log_capacity: 10_000,
+            credentials: Credentials::default(),
+            ca_dir: None,
+            native_roots: true,
+            upstream_roots: Vec::new(),
         }
     }
+}
+
+/// What TLS termination needs, made once per proxy.
+struct Termination {
+    ca: Ca,
+    upstream: Arc<ClientConfig>,
 }
 
 /// A running proxy's shared state.
@@ -74,6 +114,7 @@ pub struct Proxy {
     log: DecisionLog,
     permits: Arc<Semaphore>,
     served: AtomicU64,
+    tls: Option<Termination>,
 }
 
 impl Proxy {
@@ -84,12 +125,24 @@ impl Proxy {
         own: Vec<SocketAddr>,
     ) -> Result<Arc<Proxy>, ServerError> {
         let log = DecisionLog::new(config.log_capacity, config.log_file.as_deref())?;
+        let tls = if config.credentials.is_empty() {
+            None
+        } else {
+            let dir = config.ca_dir.as_ref().ok_or_else(|| ServerError::NoCaDir {
+                sandbox: config.sandbox.clone(),
+            })?;
+            Some(Termination {
+                ca: Ca::load_or_create(dir)?,
+                upstream: tls::upstream_config(config.native_roots, &config.upstream_roots)?,
+            })
+        };
         Ok(Arc::new(Proxy {
             guard: Guard::new(resolver, own).with_connect_timeout(config.connect_timeout),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             log,
             config,
             served: AtomicU64::new(0),
+            tls,
         }))
     }
 
@@ -117,6 +170,11 @@ impl Proxy {
         &self.config
     }
 
+    /// The sandbox CA, when the proxy terminates TLS for credentials.
+    pub fn ca(&self) -> Option<&Ca> {
+        self.tls.as_ref().map(|t| &t.ca)
+    }
+
     /// Connections served to the end so far.
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
@@ -125,25 +183,40 @@ impl Proxy {
     /// Accepts TCP connections until the listener fails.
     pub async fn run_tcp(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(s) => s,
-                // Out of file descriptors and the like: back off, keep serving.
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(self.clone().serve_client(stream));
                 }
-            };
-            let _ = stream.set_nodelay(true);
-            let proxy = self.clone();
-            tokio::spawn(async move { proxy.accept(stream).await });
+                // Out of file descriptors and the like: back off, keep serving.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
         }
     }
 
-    /// Serves one accepted stream, or answers 503 when at the connection limit.
-    pub async fn accept<S>(self: Arc<Self>, mut stream: S)
+    /// Accepts Unix-socket connections (a sandbox's vsock connections to
+    /// the host) until the listener fails.
+    pub async fn run_unix(self: Arc<Self>, listener: UnixListener) -> std::io::Result<()> {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(self.clone().serve_client(stream));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// Serves one accepted stream of any kind, or answers 503 when at the
+    /// connection limit.
+    pub async fn accept<S>(self: Arc<Self>, stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        self.serve_client(Plain(stream)).await;
+    }
+
+    async fn serve_client<C: Client>(self: Arc<Self>, mut stream: C) {
         match self.permits.clone().try_acquire_owned() {
             Ok(_permit) => {
                 self.serve(stream).await;
@@ -160,10 +233,7 @@ impl Proxy {
     }
 
     /// Serves one stream: one request head, then a tunnel or one forwarded request.
-    pub async fn serve<S>(&self, mut client: S)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
-    {
+    async fn serve<C: Client>(&self, mut client: C) {
         let read = http::read_head(
             &mut client,
             self.config.max_header_bytes,
@@ -186,6 +256,7 @@ impl Proxy {
                 ..
             } => (method.clone(), host.clone(), *port, Some(path.clone())),
         };
+        let cred = self.config.credentials.for_host(&host);
         let mut entry = Entry {
             time_ms: now_ms(),
             sandbox: self.config.sandbox.clone(),
@@ -196,6 +267,7 @@ impl Proxy {
             rule: None,
             verdict: Verdict::Deny,
             reason: None,
+            credential: cred.map(|c| c.service.to_string()),
             bytes_up: 0,
             bytes_down: 0,
         };
@@ -206,27 +278,116 @@ impl Proxy {
             }
             Err(refusal) => {
                 entry.rule = refusal.rule().map(str::to_string);
-                entry.reason = Some(refusal.to_string());
-                let (code, reason) = if refusal.is_forbidden() {
-                    (403, "Forbidden")
-                } else {
-                    entry.verdict = Verdict::Error;
-                    (502, "Bad Gateway")
-                };
-                // Recorded before answering, so the log already shows why
-                // when the client reads the refusal.
-                self.record(entry);
-                respond(&mut client, code, reason, &format!("hutch: {refusal}\n")).await;
-                return;
+                let code = if refusal.is_forbidden() { 403 } else { 502 };
+                return self.refuse(client, entry, code, &refusal.to_string()).await;
             }
         };
         entry.verdict = Verdict::Allow;
-        let relayed = match request {
-            Request::Connect { .. } => tunnel(client, upstream, &rest).await,
-            Request::Forward { head, .. } => forward(client, upstream, &head, &rest).await,
+        let relayed = match (request, cred, &self.tls) {
+            (Request::Connect { .. }, Some(cred), Some(tls)) => {
+                let client = Prefixed::new(rest, client);
+                return self.intercept(client, upstream, cred, tls, entry).await;
+            }
+            (Request::Connect { .. }, _, _) => tunnel(client, upstream, &rest).await,
+            (Request::Forward { head, .. }, cred, _) => {
+                let (head, filter) = match cred {
+                    Some(c) => (
+                        http::set_header(&head, &c.header, c.header_value()),
+                        Redactor::new(c.needles()),
+                    ),
+                    None => (head, Redactor::default()),
+                };
+                forward(client, upstream, &head, &rest, filter).await
+            }
         };
         (entry.bytes_up, entry.bytes_down) = relayed;
         self.record(entry);
+    }
+
+    /// A CONNECT to a host with a credential: TLS to the destination
+    /// (verified) first, so a bad certificate is a plain 502; then 200,
+    /// TLS with the sandbox under a leaf from the sandbox CA, and the
+    /// request-by-request relay.
+    async fn intercept<C: Client>(
+        &self,
+        mut client: Prefixed<C>,
+        upstream: TcpStream,
+        cred: &Credential,
+        tls: &Termination,
+        mut entry: Entry,
+    ) {
+        let port = entry.port;
+        let connect = tls::connect_upstream(tls.upstream.clone(), &cred.host, port, upstream);
+        let upstream = match tokio::time::timeout(self.config.connect_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.refuse(client, entry, 502, &e.to_string()).await,
+            Err(_) => {
+                let e = format!(
+                    "{}:{port}: upstream TLS handshake timed out after {:?}",
+                    cred.host, self.config.connect_timeout
+                );
+                return self.refuse(client, entry, 502, &e).await;
+            }
+        };
+        let server_config = match tls.ca.server_config(&cred.host) {
+            Ok(c) => c,
+            Err(e) => return self.refuse(client, entry, 502, &e.to_string()).await,
+        };
+        use tokio::io::AsyncWriteExt;
+        if client.write_all(ESTABLISHED).await.is_err() {
+            return;
+        }
+        let accept = TlsAcceptor::from(server_config).accept(client);
+        let client = match tokio::time::timeout(self.config.header_timeout, accept).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                entry.verdict = Verdict::Error;
+                entry.reason = Some(
+                    TlsError::Accept {
+                        host: cred.host.clone(),
+                        port,
+                        message: e.to_string(),
+                    }
+                    .to_string(),
+                );
+                return self.record(entry);
+            }
+            Err(_) => return,
+        };
+        let limits = Limits {
+            max_header_bytes: self.config.max_header_bytes,
+            header_timeout: self.config.header_timeout,
+        };
+        let (exchanges, up, down) = intercept::relay(client, upstream, cred, limits).await;
+        if exchanges.is_empty() {
+            (entry.bytes_up, entry.bytes_down) = (up, down);
+            return self.record(entry);
+        }
+        for x in exchanges {
+            self.record(Entry {
+                time_ms: now_ms(),
+                method: x.method,
+                path: Some(x.path),
+                bytes_up: x.bytes_up,
+                bytes_down: x.bytes_down,
+                ..entry.clone()
+            });
+        }
+    }
+
+    /// Records a refusal (403) or failure (502), then answers with `why`.
+    async fn refuse<C: Client>(&self, mut client: C, mut entry: Entry, code: u16, why: &str) {
+        let reason = if code == 403 {
+            "Forbidden"
+        } else {
+            entry.verdict = Verdict::Error;
+            "Bad Gateway"
+        };
+        entry.reason = Some(why.to_string());
+        // Recorded before answering, so the log already shows why when the
+        // client reads the refusal.
+        self.record(entry);
+        respond(&mut client, code, reason, &format!("hutch: {why}\n")).await;
     }
 
     async fn open(&self, host: &Host, port: u16) -> Result<(TcpStream, String), Refusal> {
@@ -245,115 +406,5 @@ impl Proxy {
 async fn refuse_head<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S, e: &HeadError) {
     if let Some((code, reason)) = e.status() {
         respond(client, code, reason, &format!("hutch: {e}\n")).await;
-    }
-}
-
-/// Writes a short response and closes the stream. Unread request bytes are
-/// drained for a moment first, so the client sees the response rather than
-/// a reset.
-async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut S,
-    code: u16,
-    reason: &str,
-    body: &str,
-) {
-    let msg = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let write = async {
-        s.write_all(msg.as_bytes()).await?;
-        s.flush().await?;
-        s.shutdown().await
-    };
-    if tokio::time::timeout(Duration::from_secs(5), write)
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let mut sink = [0u8; 8192];
-    let mut drained = 0usize;
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while drained < 1 << 20 {
-            match s.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
-    })
-    .await;
-}
-
-const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection Established\r\n\r\n";
-
-/// A CONNECT tunnel: 200, then bytes both ways until both sides close.
-async fn tunnel<S>(mut client: S, mut upstream: TcpStream, rest: &[u8]) -> (u64, u64)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    if client.write_all(ESTABLISHED).await.is_err() {
-        return (0, 0);
-    }
-    if !rest.is_empty() && upstream.write_all(rest).await.is_err() {
-        return (0, 0);
-    }
-    let early = rest.len() as u64;
-    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 64 * 1024, 64 * 1024)
-        .await
-    {
-        Ok((up, down)) => (early + up, down),
-        Err(_) => (early, 0),
-    }
-}
-
-/// One forwarded request: the rewritten head, then the body as it comes,
-/// and the response back until the destination closes (the rewritten
-/// request says `Connection: close`).
-async fn forward<S>(client: S, upstream: TcpStream, head: &[u8], rest: &[u8]) -> (u64, u64)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = upstream.into_split();
-    let up_bytes = AtomicU64::new(rest.len() as u64);
-    let down_bytes = AtomicU64::new(0);
-    if uw.write_all(head).await.is_err() || uw.write_all(rest).await.is_err() {
-        return (0, 0);
-    }
-    let up = pump(&mut cr, &mut uw, &up_bytes);
-    let down = async {
-        let _ = pump(&mut ur, &mut cw, &down_bytes).await;
-        let _ = cw.shutdown().await;
-    };
-    tokio::pin!(up);
-    tokio::pin!(down);
-    let mut up_done = false;
-    loop {
-        tokio::select! {
-            () = &mut down => break,
-            _ = &mut up, if !up_done => up_done = true,
-        }
-    }
-    (
-        up_bytes.load(Ordering::Relaxed),
-        down_bytes.load(Ordering::Relaxed),
-    )
-}
-
-/// Copies until EOF, counting as it goes (so a cut connection still counts).
-async fn pump<R, W>(r: &mut R, w: &mut W, count: &AtomicU64) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        w.write_all(&buf[..n]).await?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

@@ -15,11 +15,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::policy::{Policy, PolicyError, Preset};
 use crate::rule::{Rule, RuleError};
+use crate::scope::Scope;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,6 +49,47 @@ pub enum StoreError {
     },
     #[error("built-in preset: {0}")]
     Preset(#[from] PolicyError),
+    #[error("cannot write policy file {}: {source}", file.display())]
+    Write {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{rule} is not in the {scope} rules")]
+    NotFound { rule: String, scope: Scope },
+}
+
+/// Which list of a rule set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum List {
+    Allow,
+    Deny,
+}
+
+impl List {
+    pub fn name(self) -> &'static str {
+        match self {
+            List::Allow => "allow",
+            List::Deny => "deny",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct OutRules<'a> {
+    allow: Vec<&'a str>,
+    deny: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+struct OutStore<'a> {
+    default: &'a str,
+    global: OutRules<'a>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    sandbox: BTreeMap<&'a str, OutRules<'a>>,
+}
+
+fn same(a: &Rule, b: &Rule) -> bool {
+    a.pattern() == b.pattern() && a.port() == b.port()
 }
 
 #[derive(Deserialize, Default)]
@@ -163,6 +205,130 @@ impl Store {
     }
 }
 
+impl RuleSet {
+    fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    fn list_mut(&mut self, list: List) -> &mut Vec<Rule> {
+        match list {
+            List::Allow => &mut self.allow,
+            List::Deny => &mut self.deny,
+        }
+    }
+
+    fn out(&self) -> OutRules<'_> {
+        OutRules {
+            allow: self.allow.iter().map(Rule::text).collect(),
+            deny: self.deny.iter().map(Rule::text).collect(),
+        }
+    }
+}
+
+impl Store {
+    /// The rules of one scope (empty if it has none).
+    pub fn rules(&self, scope: &Scope) -> RuleSet {
+        match scope {
+            Scope::Global => self.global.clone(),
+            Scope::Sandbox(n) => self.sandboxes.get(n).cloned().unwrap_or_default(),
+        }
+    }
+
+    fn rules_mut(&mut self, scope: &Scope) -> &mut RuleSet {
+        match scope {
+            Scope::Global => &mut self.global,
+            Scope::Sandbox(n) => self.sandboxes.entry(n.clone()).or_default(),
+        }
+    }
+
+    fn tidy(&mut self) {
+        self.sandboxes.retain(|_, r| !r.is_empty());
+    }
+
+    /// Adds rules to one list of a scope; a rule already there is kept
+    /// once, and the same rule in the other list is taken out (so `allow`
+    /// after `deny` does what it says). Returns the rules taken out.
+    pub fn add(&mut self, scope: &Scope, list: List, rules: Vec<Rule>) -> Vec<Rule> {
+        let other = match list {
+            List::Allow => List::Deny,
+            List::Deny => List::Allow,
+        };
+        let set = self.rules_mut(scope);
+        let mut moved = Vec::new();
+        for rule in rules {
+            let o = set.list_mut(other);
+            if let Some(i) = o.iter().position(|r| same(r, &rule)) {
+                moved.push(o.remove(i));
+            }
+            let l = set.list_mut(list);
+            if !l.iter().any(|r| same(r, &rule)) {
+                l.push(rule);
+            }
+        }
+        moved
+    }
+
+    /// Removes rules (from allow and deny) of a scope; nothing changes
+    /// unless every rule is there.
+    pub fn remove(&mut self, scope: &Scope, rules: &[Rule]) -> Result<(), StoreError> {
+        let set = self.rules(scope);
+        for rule in rules {
+            if !set.allow.iter().chain(&set.deny).any(|r| same(r, rule)) {
+                return Err(StoreError::NotFound {
+                    rule: rule.text().into(),
+                    scope: scope.clone(),
+                });
+            }
+        }
+        let set = self.rules_mut(scope);
+        for rule in rules {
+            set.allow.retain(|r| !same(r, rule));
+            set.deny.retain(|r| !same(r, rule));
+        }
+        self.tidy();
+        Ok(())
+    }
+
+    /// Clears one scope's rules, or (with `None`) the whole store back to
+    /// its defaults.
+    pub fn reset(&mut self, scope: Option<&Scope>) {
+        match scope {
+            None => *self = Store::default(),
+            Some(s) => *self.rules_mut(s) = RuleSet::default(),
+        }
+        self.tidy();
+    }
+
+    /// The store as TOML.
+    pub fn render(&self) -> String {
+        let out = OutStore {
+            default: self.default.name(),
+            global: self.global.out(),
+            sandbox: self
+                .sandboxes
+                .iter()
+                .map(|(n, r)| (n.as_str(), r.out()))
+                .collect(),
+        };
+        let body = toml::to_string(&out).unwrap_or_default();
+        format!("# hutch network policy: edited by `hutch policy`; see proxy/README.md.\n{body}")
+    }
+
+    /// Writes the store atomically (creating its directory).
+    pub fn save(&self, path: &Path) -> Result<(), StoreError> {
+        let err = |source| StoreError::Write {
+            file: path.into(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, self.render()).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +366,47 @@ allow = [
 
         let balanced = store.policy_for("other", Some(Preset::Balanced)).unwrap();
         assert!(balanced.decide(&host("crates.io"), 443).allowed);
+    }
+
+    #[test]
+    fn edits_round_trip_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hutch/policy.toml");
+        let rule = |s: &str| s.parse::<Rule>().unwrap();
+        let web = Scope::Sandbox("web app".into());
+        let mut store = Store::load(&path).unwrap();
+        store.add(
+            &Scope::Global,
+            List::Allow,
+            vec![rule("**.example.com"), rule("10.0.0.0/8:5432")],
+        );
+        store.add(&Scope::Global, List::Allow, vec![rule("**.Example.com")]);
+        store.add(&web, List::Deny, vec![rule("evil.test")]);
+        let moved = store.add(&web, List::Allow, vec![rule("evil.test")]);
+        assert_eq!(moved, vec![rule("evil.test")]);
+        store.default = Preset::LockedDown;
+        store.save(&path).unwrap();
+        let loaded = Store::load(&path).unwrap();
+        assert_eq!(loaded, store);
+        assert_eq!(loaded.global.allow.len(), 2);
+        assert_eq!(loaded.rules(&web).allow, vec![rule("evil.test")]);
+
+        let mut s = loaded;
+        let err = s
+            .remove(&web, &[rule("evil.test"), rule("nope.test")])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "nope.test is not in the sandbox web app rules"
+        );
+        assert_eq!(s.rules(&web).allow.len(), 1, "nothing removed on error");
+        s.remove(&web, &[rule("evil.test")]).unwrap();
+        assert!(!s.sandboxes.contains_key("web app"));
+        s.reset(Some(&Scope::Global));
+        assert!(s.global.allow.is_empty());
+        assert_eq!(s.default, Preset::LockedDown);
+        s.reset(None);
+        assert_eq!(s, Store::default());
     }
 
     #[test]

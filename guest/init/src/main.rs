@@ -19,7 +19,7 @@ use hutch_init::agent::{forward, Agent, Event};
 use hutch_init::channel::{self, FrameSink, TTY_PATH};
 use hutch_init::{config, console, host, mounts, ports, power, rootfs, spawn, vsock};
 use hutch_proto::agent::{AGENT_PORT, PROTOCOL_VERSION, READY_PORT};
-use hutch_proto::{write_msg, FrameKind, Milestone, Msg, SPEC_PATH};
+use hutch_proto::{write_msg, FrameKind, Milestone, Msg, CA_BUNDLE_PATH, SPEC_PATH};
 
 /// Exit status when init itself failed (as `env` reports its own failures).
 const INIT_FAILED: i32 = 125;
@@ -109,6 +109,14 @@ fn serve(_sink: &Arc<FrameSink<File>>) -> Result<i32, String> {
     console::trace("root file system built");
     for w in warnings {
         console::say(&format!("warning: {w}"));
+    }
+    if !spec.ca_bundle.is_empty() {
+        let path = std::path::Path::new(CA_BUNDLE_PATH);
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(path, &spec.ca_bundle));
+        written.map_err(|e| format!("writing {CA_BUNDLE_PATH}: {e}"))?;
     }
     let _ = host::loopback_up();
     let _ = host::set_hostname("hutch");

@@ -71,10 +71,16 @@ impl Reaper {
 
     fn run(&self) {
         loop {
-            let mut raw = 0;
-            // SAFETY: `raw` is a valid out pointer for the call.
-            let pid = unsafe { libc::waitpid(-1, &mut raw, 0) };
-            if pid == -1 {
+            // Peek at an exited child without reaping it (WNOWAIT), then take
+            // the lock: a spawn in progress holds it, and std's spawn reaps a
+            // child whose exec failed itself, so that child must not be
+            // reaped here first.
+            // SAFETY: siginfo_t is plain data; all zeros is valid.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `info` is a valid out pointer for the call.
+            let r =
+                unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            if r == -1 {
                 if io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
                     // No children: sleep until one is spawned (or a second
                     // passes, for orphans that arrive by re-parenting).
@@ -85,8 +91,13 @@ impl Reaper {
                 }
                 continue;
             }
+            // SAFETY: waitid filled `info` for an exited child.
+            let pid = unsafe { info.si_pid() };
             let mut st = self.lock();
-            if st.watched.remove(&pid) {
+            let mut raw = 0;
+            // SAFETY: `raw` is a valid out pointer; WNOHANG never blocks.
+            let got = unsafe { libc::waitpid(pid, &mut raw, libc::WNOHANG) };
+            if got == pid && st.watched.remove(&pid) {
                 st.done.insert(pid, exit_status(raw));
                 drop(st);
                 self.exited.notify_all();

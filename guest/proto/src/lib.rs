@@ -23,6 +23,8 @@ pub use agent::{read_msg, write_msg, AgentError, ExecRequest, Msg, WinSize};
 pub use frame::{Frame, FrameDecoder, FrameKind, FRAME_MAGIC, MAX_PAYLOAD};
 pub use spec::{RunSpec, SpecError};
 
+/// Where init writes the spec's CA bundle in the guest (a tmpfs).
+pub const CA_BUNDLE_PATH: &str = "/run/hutch/ca-bundle.pem";
 /// Where the run spec lives inside the initramfs.
 pub const SPEC_PATH: &str = "/hutch/spec";
 /// virtio-fs tag of the read-only view of the host's system directories.

@@ -43,6 +43,10 @@ pub struct RunSpec {
     /// command, and the guest powers off when it ends. `true`: the guest stays
     /// up, serving sessions, until the host asks it to shut down.
     pub detached: bool,
+    /// PEM bundle the guest's tools trust (host roots plus the sandbox's
+    /// proxy CA), written to [`CA_BUNDLE_PATH`](crate::CA_BUNDLE_PATH);
+    /// empty when the proxy intercepts nothing.
+    pub ca_bundle: Vec<u8>,
 }
 
 impl RunSpec {
@@ -52,6 +56,7 @@ impl RunSpec {
         put_bytes(&mut out, &self.workspace);
         put_bytes(&mut out, &self.home);
         put_u32(&mut out, usize::from(self.detached));
+        put_bytes(&mut out, &self.ca_bundle);
         out
     }
 
@@ -68,6 +73,7 @@ impl RunSpec {
             workspace: r.bytes()?,
             home: r.bytes()?,
             detached: r.flag("detached")?,
+            ca_bundle: r.bytes()?,
         };
         r.finish()?;
         Ok(spec)
@@ -155,6 +161,7 @@ mod tests {
             workspace: "/w s/\u{e9}\n".as_bytes().to_vec(),
             home: b"/root".to_vec(),
             detached: true,
+            ca_bundle: b"-----BEGIN CERTIFICATE-----\n".to_vec(),
         }
     }
 
@@ -183,7 +190,7 @@ mod tests {
         long.push(0);
         assert_eq!(RunSpec::decode(&long), Err(SpecError::Trailing(1)));
         let mut bad = enc.clone();
-        let n = bad.len();
+        let n = bad.len() - 4 - sample().ca_bundle.len();
         bad[n - 4] = 7;
         assert_eq!(
             RunSpec::decode(&bad),

@@ -2,7 +2,10 @@
 //! 127.0.0.1, real client sockets. Every wait is bounded.
 
 mod common;
+mod credentials;
 mod forward;
 mod limits;
 mod refusals;
+mod tls_support;
 mod tunnel;
+mod unix;

@@ -22,7 +22,7 @@ pub fn main(args: BenchBootArgs, started: Instant) -> i32 {
 }
 
 fn probe(args: BenchBootArgs, started: Instant) -> Result<(), String> {
-    let mut vm = run::vm_spec(&args.run, Resolved::Native, started)?;
+    let mut vm = run::vm_spec(&args.run, Resolved::Native, started, None)?;
     vm.time_limit = Some(Duration::from_millis(args.guest_ms));
     vm.measure_rss = true;
     vm.forward_stdin = false;

@@ -157,6 +157,7 @@ mod tests {
             got,
             v(&[
                 "run",
+                "-d",
                 "-p",
                 "80",
                 "/ws",

@@ -5,7 +5,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use hutch_proto::agent::AGENT_PORT;
 use hutch_proto::{ExecRequest, WinSize};
 
-use super::run::{guest_env, EXIT_HUTCH_ERROR};
+use super::run::{guest_env, with_base_env, EXIT_HUTCH_ERROR};
 use super::ExecArgs;
 use crate::agent::{connect, run_session, terminal, SessionIo};
 use crate::sandbox::{Record, SandboxError, Status, Store};
@@ -45,6 +45,12 @@ fn exec(args: ExecArgs) -> Result<i32, String> {
     };
     let env = guest_env(&args.env)?;
     let rec = running(&store, &args.name)?;
+    let base: Vec<Vec<u8>> = rec
+        .guest_env
+        .iter()
+        .map(|e| e.as_bytes().to_vec())
+        .collect();
+    let env = with_base_env(&base, env);
     debug_assert_eq!(rec.status, Status::Running);
     let cwd = args
         .workdir
@@ -132,6 +138,7 @@ mod tests {
             created: 0,
             detached: true,
             ports: vec![],
+            guest_env: vec![],
         };
         s.save(&r).unwrap();
         assert!(running(&s, "old").unwrap_err().contains("is stopped"));

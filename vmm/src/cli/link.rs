@@ -6,9 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use hutch_proto::agent::PROXY_PORT;
+use hutch_proto::CA_BUNDLE_PATH;
+use hutch_proxy::Preset;
+
 use super::RunArgs;
 use crate::agent::ready::ReadyListener;
-use crate::engine::{Resolved, VmSpec};
+use crate::devices::virtio::vsock::SocketGuard;
+use crate::engine::Resolved;
 use crate::sandbox::ports::{self, Forwarder, Published};
 use crate::sandbox::state::{now, process_start};
 use crate::sandbox::{ctl, Record, Status, Store};
@@ -35,6 +40,55 @@ struct Inner {
     ready: ReadyListener,
     fwd: Arc<Forwarder>,
     reg: Option<Registration>,
+    egress: Egress,
+}
+
+/// The egress proxy of this guest, on `<vsock>_3128`.
+struct Egress {
+    _handle: hutch_proxy::unix::ProxyHandle,
+    _guard: SocketGuard,
+    /// The variables the guest's processes get (proxy, CA bundle, sentinels).
+    env: Vec<Vec<u8>>,
+    /// The PEM bundle the guest trusts, when the proxy intercepts TLS.
+    bundle: Option<String>,
+}
+
+/// Starts the egress proxy for sandbox `name` with its policy (or the
+/// override), credentials and CA, listening where the guest's vsock
+/// connections to host port 3128 arrive.
+fn start_egress(vsock: &Path, name: &str, preset: Option<Preset>) -> Result<Egress, String> {
+    use hutch_proxy::{guest, paths, tls, Config, Secrets};
+    let store =
+        hutch_proxy::store::Store::load(&paths::policy_file()).map_err(|e| e.to_string())?;
+    let policy = store.policy_for(name, preset).map_err(|e| e.to_string())?;
+    let mut config = Config::new(name, policy);
+    config.credentials = Secrets::load(&paths::secrets_file())
+        .map_err(|e| e.to_string())?
+        .credentials_for(name);
+    if !config.credentials.is_empty() {
+        config.ca_dir = Some(paths::ca_dir(name));
+    }
+    config.log_file = Some(paths::log_file(name));
+    let mut path = vsock.as_os_str().to_owned();
+    path.push(format!("_{PROXY_PORT}"));
+    let path = PathBuf::from(path);
+    let handle = hutch_proxy::spawn_unix(&path, config).map_err(|e| e.to_string())?;
+    let guard = SocketGuard::new(&path);
+    let bundle = handle.proxy().ca().map(tls::guest_bundle);
+    let env = guest::env(
+        PROXY_PORT as u16,
+        bundle.as_ref().map(|_| CA_BUNDLE_PATH),
+        &handle.proxy().config().credentials,
+    )
+    .into_iter()
+    .map(|(k, v)| format!("{k}={v}").into_bytes())
+    .collect();
+    Ok(Egress {
+        _handle: handle,
+        _guard: guard,
+        env,
+        bundle,
+    })
 }
 
 /// See the module docs; cheap to clone.
@@ -46,7 +100,12 @@ impl GuestLink {
     /// foreground named run; `run -d`'s parent claimed it already), binds
     /// the ready listener, publishes `-p` ports and serves the control
     /// socket.
-    pub fn open(args: &RunArgs, engine: Resolved, vm: &VmSpec) -> Result<GuestLink, String> {
+    pub fn open(
+        args: &RunArgs,
+        engine: Resolved,
+        memory: u64,
+        cpus: u8,
+    ) -> Result<GuestLink, String> {
         let mut reg = None;
         let vsock = match &args.name {
             Some(name) => {
@@ -62,11 +121,12 @@ impl GuestLink {
                     pid_start: process_start(pid).unwrap_or(0),
                     engine: engine.name().into(),
                     workspace: super::run::workspace(args.workspace.as_deref())?,
-                    memory: vm.memory,
-                    cpus: vm.cpus,
+                    memory,
+                    cpus,
                     created: now(),
                     detached: args.detach,
                     ports: Vec::new(),
+                    guest_env: Vec::new(),
                 };
                 let path = store.vsock_path(name);
                 reg = Some(Registration {
@@ -94,7 +154,24 @@ impl GuestLink {
                 }
             },
         };
+        let proxy_name = args.name.as_deref().unwrap_or("run");
+        let egress = start_egress(&vsock, proxy_name, args.policy).map_err(|e| {
+            // A foreground run claimed the name above; `run -d`'s parent
+            // removes what its child leaves.
+            if let (Some(r), Some(n), false) = (&reg, &args.name, args.daemon_child) {
+                let _ = r.store.remove(n);
+            }
+            format!("egress proxy: {e}")
+        })?;
+        if let Some(r) = &reg {
+            r.record.lock().unwrap_or_else(|p| p.into_inner()).guest_env = egress
+                .env
+                .iter()
+                .map(|e| String::from_utf8_lossy(e).into_owned())
+                .collect();
+        }
         let link = GuestLink(Arc::new(Inner {
+            egress,
             ready: ReadyListener::bind(&vsock).map_err(|e| e.to_string())?,
             fwd: Arc::new(Forwarder::new(vsock.clone())),
             vsock,
@@ -132,6 +209,16 @@ impl GuestLink {
             .map_err(|e| fail(e.to_string()))?;
         }
         Ok(link)
+    }
+
+    /// Environment entries every guest process gets (the proxy's).
+    pub fn guest_env(&self) -> &[Vec<u8>] {
+        &self.0.egress.env
+    }
+
+    /// The CA bundle for the guest, when the proxy intercepts TLS.
+    pub fn ca_bundle(&self) -> Option<&str> {
+        self.0.egress.bundle.as_deref()
     }
 
     /// The hybrid vsock socket path.

@@ -8,9 +8,11 @@ pub mod exec;
 pub mod fdt;
 pub mod kernel;
 pub mod link;
+pub mod policy;
 pub mod ports;
 pub mod run;
 pub mod sandboxes;
+pub mod secret;
 pub mod selftest;
 pub mod size;
 
@@ -51,6 +53,10 @@ pub enum Command {
     },
     /// Publish, list or unpublish a running sandbox's ports.
     Ports(PortsArgs),
+    /// Network policy: ls | allow | deny | rm | reset | set-default | log.
+    Policy(policy::PolicyArgs),
+    /// Credentials the proxy adds for a sandbox: set | ls | rm (values never in argv).
+    Secret(secret::SecretArgs),
     /// Build or locate the guest kernel.
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -127,6 +133,9 @@ pub struct RunArgs {
     /// Publish a guest port on the host: [[HOST_IP:]HOST_PORT:]GUEST_PORT[/tcp] (loopback and a free port by default).
     #[arg(long = "publish", short = 'p', value_name = "SPEC")]
     pub publish: Vec<String>,
+    /// Network policy for this run only: open, balanced or locked-down (default: the configured one, see hutch policy).
+    #[arg(long, value_name = "PRESET")]
+    pub policy: Option<hutch_proxy::Preset>,
     /// Internal: this process is the background VMM of `run -d`.
     #[arg(long, hide = true)]
     pub daemon_child: bool,
@@ -232,6 +241,8 @@ pub fn dispatch(cli: Cli, started: std::time::Instant) -> i32 {
         Command::Stop { names } => sandboxes::stop(&names),
         Command::Rm { names } => sandboxes::rm(&names),
         Command::Ports(a) => ports::main(a),
+        Command::Policy(a) => policy::main(a),
+        Command::Secret(a) => secret::main(a),
         Command::Kernel(k) => kernel::main(k),
         Command::Doctor => doctor::main(),
         Command::Selftest(a) => selftest::main(a, started),

@@ -93,6 +93,32 @@ pub fn guest_env(entries: &[OsString]) -> Result<Vec<Vec<u8>>, String> {
         .collect())
 }
 
+/// `base` entries (the proxy's variables) under `env`: an entry of `env`
+/// with the same name wins.
+pub fn with_base_env(base: &[Vec<u8>], env: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let name = |e: &[u8]| e.split(|b| *b == b'=').next().unwrap_or_default().to_vec();
+    let mut out: Vec<Vec<u8>> = base
+        .iter()
+        .filter(|b| !env.iter().any(|e| name(e) == name(b)))
+        .cloned()
+        .collect();
+    out.extend(env);
+    out
+}
+
+/// Guest memory and vCPUs from the command line, or the defaults.
+pub fn sizes(args: &RunArgs) -> Result<(u64, u8), String> {
+    let memory = match &args.memory {
+        Some(m) => size::check_memory(m, size::host_memory()).map_err(|e| e.to_string())?,
+        None => size::default_memory(size::host_memory()),
+    };
+    let cpus = match args.cpus {
+        Some(c) => size::check_cpus(c, size::host_cpus()).map_err(|e| e.to_string())?,
+        None => size::default_cpus(size::host_cpus()),
+    };
+    Ok((memory, cpus))
+}
+
 /// The command's working directory: the host's current directory when it
 /// is inside the workspace, else the workspace.
 pub fn guest_cwd(ws: &Path) -> PathBuf {
@@ -112,15 +138,16 @@ fn run(args: RunArgs, started: Instant) -> Result<i32, String> {
     }
     let kvm = detect::HostFacts::probe().kind();
     let (engine, notice) = engine::resolve(args.engine, kvm, detect::find_qemu().is_some())?;
-    let mut vm = vm_spec(&args, engine, started)?;
     if let Some(n) = notice {
         if !args.daemon_child {
             eprintln!("{n}");
         }
     }
-    let host = GuestLink::open(&args, engine, &vm)?;
+    let (memory, cpus) = sizes(&args)?;
+    let host = GuestLink::open(&args, engine, memory, cpus)?;
+    let mut vm = vm_spec(&args, engine, started, host.ca_bundle())?;
     vm.vsock = Some(host.vsock().to_path_buf());
-    let request = exec_request(&args)?;
+    let request = exec_request(&args, host.guest_env())?;
     let tty = request.tty.is_some();
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
@@ -174,7 +201,7 @@ const SESSION_GRACE: Duration = Duration::from_secs(3);
 
 /// The run's command as an exec request: a terminal when stdin and stdout
 /// are both terminals.
-fn exec_request(args: &RunArgs) -> Result<ExecRequest, String> {
+fn exec_request(args: &RunArgs, base_env: &[Vec<u8>]) -> Result<ExecRequest, String> {
     let ws = workspace(args.workspace.as_deref())?;
     let argv: Vec<Vec<u8>> = if args.cmd.is_empty() {
         vec![b"sh".to_vec()]
@@ -185,7 +212,7 @@ fn exec_request(args: &RunArgs) -> Result<ExecRequest, String> {
         .then(|| terminal::size(0).unwrap_or(WinSize { rows: 24, cols: 80 }));
     Ok(ExecRequest {
         argv,
-        env: guest_env(&args.env)?,
+        env: with_base_env(base_env, guest_env(&args.env)?),
         cwd: guest_cwd(&ws).into_os_string().into_vec(),
         tty,
         uid: 0,
@@ -211,17 +238,15 @@ pub fn check_args(args: &RunArgs) -> Result<(), String> {
 
 /// Everything `run` boots, from the command line: workspace, sizes, command,
 /// environment, kernel and the two shares.
-pub fn vm_spec(args: &RunArgs, engine: Resolved, started: Instant) -> Result<VmSpec, String> {
+pub fn vm_spec(
+    args: &RunArgs,
+    engine: Resolved,
+    started: Instant,
+    ca_bundle: Option<&str>,
+) -> Result<VmSpec, String> {
     crate::control::mark_early("command line parsed");
     let ws = workspace(args.workspace.as_deref())?;
-    let memory = match &args.memory {
-        Some(m) => size::check_memory(m, size::host_memory()).map_err(|e| e.to_string())?,
-        None => size::default_memory(size::host_memory()),
-    };
-    let cpus = match args.cpus {
-        Some(c) => size::check_cpus(c, size::host_cpus()).map_err(|e| e.to_string())?,
-        None => size::default_cpus(size::host_cpus()),
-    };
+    let (memory, cpus) = sizes(args)?;
     let kernel = match &args.kernel {
         Some(k) if k.is_file() => k.clone(),
         Some(k) => return Err(format!("kernel {}: no such file", k.display())),
@@ -238,6 +263,7 @@ pub fn vm_spec(args: &RunArgs, engine: Resolved, started: Instant) -> Result<VmS
         workspace: ws.clone().into_os_string().into_vec(),
         home: GUEST_HOME.as_bytes().to_vec(),
         detached: args.detach,
+        ca_bundle: ca_bundle.map(|b| b.as_bytes().to_vec()).unwrap_or_default(),
     };
     let loglevel = if args.console {
         "loglevel=7"
@@ -367,6 +393,23 @@ mod tests {
         assert!(env.contains(&b"X=\xff".to_vec()));
         assert!(env.iter().any(|e| e.starts_with(b"PATH=")));
         assert!(guest_env(&[OsString::from("=x")]).is_err());
+    }
+
+    #[test]
+    fn proxy_variables_are_defaults_the_user_can_override() {
+        let base = vec![
+            b"HTTP_PROXY=http://127.0.0.1:3128".to_vec(),
+            b"NO_PROXY=localhost".to_vec(),
+        ];
+        let env = with_base_env(&base, vec![b"NO_PROXY=x".to_vec(), b"A=1".to_vec()]);
+        assert_eq!(
+            env,
+            [
+                b"HTTP_PROXY=http://127.0.0.1:3128".to_vec(),
+                b"NO_PROXY=x".to_vec(),
+                b"A=1".to_vec()
+            ]
+        );
     }
 
     #[test]

@@ -248,6 +248,7 @@ mod tests {
             created: 0,
             detached: true,
             ports: vec![],
+            guest_env: vec![],
         };
         s.save(&rec).unwrap();
         assert!(stop_one(&s, "x").unwrap().contains("stale"));

@@ -71,6 +71,9 @@ pub struct Record {
     pub detached: bool,
     #[serde(default)]
     pub ports: Vec<Published>,
+    /// Variables every process in it gets (the egress proxy's; no secrets).
+    #[serde(default)]
+    pub guest_env: Vec<String>,
 }
 
 impl Record {
@@ -317,6 +320,7 @@ mod tests {
             created: now(),
             detached: true,
             ports: vec![],
+            guest_env: vec![],
         }
     }
 
