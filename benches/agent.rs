@@ -109,6 +109,18 @@ fn main() {
     let lat_med = median(lat.clone());
     let lat_min = lat.iter().cloned().fold(f64::MAX, f64::min);
 
+    // The floor: what starting /bin/true costs inside this guest, measured
+    // by the guest itself (no agent, no vsock).
+    let floor_py = "import os,time\nts=[]\nfor i in range(15):\n    t=time.perf_counter(); os.spawnv(os.P_WAIT, '/bin/true', ['true']); ts.append(time.perf_counter()-t)\nts.sort(); print(ts[7]*1e3)\n";
+    let floor_out = hutch(bin, st)
+        .args(["exec", "bench", "--", "python3", "-c", floor_py])
+        .output()
+        .unwrap();
+    let floor: f64 = String::from_utf8_lossy(&floor_out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(f64::NAN);
+
     let size = 256usize << 20;
     let cmd = format!("head -c {size} /dev/zero");
     let out_runs: Vec<f64> = (0..5)
@@ -144,6 +156,13 @@ fn main() {
     println!("agent benchmarks (qemu engine, TCG; {runs} exec runs, medians):");
     println!(
         "  exec -- true round trip     {lat_med:8.1} ms   (min {lat_min:.1} ms; target <= 20 ms)"
+    );
+    println!(
+        "  /bin/true spawned in-guest  {floor:8.1} ms   (the floor under TCG: no agent, no vsock)"
+    );
+    println!(
+        "  agent + vsock + client      {:8.1} ms   (round trip minus the floor)",
+        lat_med - floor
     );
     println!("  stdout guest->host (vsock)  {o:8.1} MiB/s (256 MiB; target >= 200 MiB/s)");
     println!("  stdin host->guest (vsock)   {i:8.1} MiB/s (256 MiB)");

@@ -8,3 +8,5 @@ cargo build --release -q -p hutch -p hutch-bench
 T=target/x86_64-unknown-linux-gnu/release
 "$T/hutch" kernel build >/dev/null
 "$T/hutch-bench-boot" "$T/hutch" "${1:-21}"
+"$T/hutch-bench-agent" "$T/hutch" "${1:-21}"
+"$T/hutch-bench-proxy"

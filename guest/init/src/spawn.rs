@@ -16,8 +16,8 @@ pub fn split_env(entry: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// Builds the command: exactly the request's argv, env, cwd and ids, in a
-/// session of its own (so signals can reach its whole process group). With
-/// `ctty`, its stdin becomes the session's controlling terminal. With `PATH`
+/// process group of its own (so signals can reach all of it). With `ctty`,
+/// in a session of its own whose controlling terminal is its stdin. With `PATH`
 /// in the env, argv\[0\] is looked up in it. The caller sets up stdio.
 pub fn command(req: &ExecRequest, ctty: bool) -> Command {
     let (argv0, args) = req
@@ -37,17 +37,25 @@ pub fn command(req: &ExecRequest, ctty: bool) -> Command {
     if req.uid != 0 || req.gid != 0 {
         cmd.uid(req.uid).gid(req.gid);
     }
+    if !ctty {
+        // Its own process group, so signals reach everything it starts.
+        // Without a pre_exec hook std can start it with posix_spawn (vfork)
+        // instead of fork, which matters when init's own memory is large
+        // or page tables are emulated. std resets SIGPIPE (ignored by
+        // init) to the default in the child either way.
+        cmd.process_group(0);
+        return cmd;
+    }
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // signal, setsid and ioctl, which are async-signal-safe; it allocates
-    // nothing.
+    // setsid and ioctl, which are async-signal-safe; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            // Init ignores SIGPIPE; the command starts with the default.
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            // A session of its own, with the terminal on stdin as its
+            // controlling terminal.
             if libc::setsid() == -1 {
                 return Err(io::Error::last_os_error());
             }
-            if ctty && libc::ioctl(0, libc::TIOCSCTTY as _, 0) == -1 {
+            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) == -1 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -170,13 +178,14 @@ mod tests {
     }
 
     #[test]
-    fn command_gets_exact_env_odd_bytes_path_lookup_and_own_session() {
+    fn command_gets_exact_env_odd_bytes_path_lookup_and_own_group() {
         let s = spec(
             &[
                 b"sh",
                 b"-c",
                 b"printf '%s|%s|%s|' \"$PWD\" \"$K\" \"$1\"; env | tr '\\n' ' '; \
-                  [ \"$(cut -d' ' -f6 /proc/$$/stat)\" = $$ ] && echo leader",
+                  [ \"$(cut -d' ' -f5 /proc/$$/stat)\" = $$ ] && echo leader; \
+                  (yes; echo yes=$? >&2) | head -c 2 >/dev/null",
                 b"arg0",
                 b"\xff two",
             ],
@@ -195,6 +204,9 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&got)
         );
+        // SIGPIPE is back to its default (the test harness, like init,
+        // ignores it): `yes` dies of it.
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "yes=141\n");
         let env = String::from_utf8_lossy(&got);
         assert!(!env.contains("HOME="), "{env}");
         assert!(env.contains("K=v=w") && !env.contains("BAD"), "{env}");
