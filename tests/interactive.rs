@@ -65,37 +65,33 @@ impl Tmux {
             if s.contains(what) {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "waiting for {what:?}; screen:\n{s}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The pane's exit status once its command has ended.
-    fn dead_status(&self, secs: u64) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let o = self.cmd(&[
-                "display-message",
-                "-p",
-                "-t",
-                "t",
-                "#{pane_dead} #{pane_dead_status}",
-            ]);
-            let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            if let Some(code) = s.strip_prefix("1 ") {
-                return code.parse().unwrap();
+            if Instant::now() > deadline {
+                panic!("waiting for {what:?}; screen:\n{s}\n{}", diagnostics());
             }
-            assert!(
-                Instant::now() < deadline,
-                "pane still alive:\n{}",
-                self.screen()
-            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Every hutch and QEMU process with the kernel wait channel of each thread,
+/// to show where a hang is.
+fn diagnostics() -> String {
+    let mut out = String::from("processes:\n");
+    for pid in hutch_e2e::processes_mentioning("hutch") {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        out.push_str(&format!("{pid} {cmd}\n"));
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten();
+        for t in tasks.flatten() {
+            let p = t.path();
+            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            let wchan = std::fs::read_to_string(p.join("wchan")).unwrap_or_default();
+            out.push_str(&format!("    {} {}\n", comm.trim(), wchan.trim()));
+        }
+    }
+    out
 }
 
 impl Drop for Tmux {
@@ -137,10 +133,10 @@ per_engine!(interactive_run_in_a_terminal, |e: Engine| {
         quoted(&hutch_bin()),
         e.flag()
     );
-    t.start(&cmd);
+    t.start(&format!("{cmd}; echo EXITED=$?"));
     t.wait_for("#", 120);
     session_checks(&t);
-    assert_eq!(t.dead_status(60), 5, "exit returns the status");
+    t.wait_for("EXITED=5", 60);
 });
 
 per_engine!(interactive_exec_into_a_running_sandbox, |e: Engine| {
@@ -178,10 +174,10 @@ per_engine!(interactive_exec_into_a_running_sandbox, |e: Engine| {
         quoted(state.path()),
         quoted(&hutch_bin())
     );
-    t.start(&cmd);
+    t.start(&format!("{cmd}; echo EXITED=$?"));
     t.wait_for("#", 60);
     session_checks(&t);
-    assert_eq!(t.dead_status(60), 5);
+    t.wait_for("EXITED=5", 60);
     let o = hutch(&["rm", "tty"]);
     assert_eq!(o.status.code(), Some(0));
 });

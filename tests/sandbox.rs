@@ -481,6 +481,16 @@ per_engine!(
         let held: Vec<_> = (0..300).filter_map(|_| connect(&v, 1024)).collect();
         assert!(!held.is_empty());
         drop(held);
+        // The guest closes them at its own pace; until it has, new
+        // connections may meet the 256-connection cap.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sb.exec(&["tough", "--", "true"]).status.code() != Some(0) {
+            assert!(
+                Instant::now() < deadline,
+                "the sandbox never took commands again"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         // The guest opens 2000 connections to a host port nobody listens on, and
         // 300 to one that answers.
         let listener =

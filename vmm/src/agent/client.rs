@@ -18,7 +18,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ClientError {
     #[error("cannot reach the sandbox's vsock socket {path}: {source}")]
     Socket { path: PathBuf, source: io::Error },
-    #[error("guest port {port} behind {path} refused the connection (nothing listens there)")]
+    #[error("guest port {port} behind {path} refused the connection (nothing listens there, or the sandbox is at its limit of 256 vsock connections)")]
     Refused { path: PathBuf, port: u32 },
     #[error("unexpected answer {answer:?} from {path} to CONNECT {port}")]
     Handshake {
