@@ -162,3 +162,115 @@ per_engine!(
         assert!(!log.contains(secret));
     }
 );
+
+/// A free loopback port (bound, then released for a server to take).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the server child on drop.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+per_engine!(
+    git_clones_through_the_proxy_only_when_allowed,
+    |e: Engine| {
+        let (cfg, state, ws) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            hutch_e2e::workspace(),
+        );
+        let h = |args: &[&str]| hutch(cfg.path(), state.path(), args, None);
+        // A bare repository served over HTTP (git's "dumb" protocol) on loopback.
+        let srv = tempfile::tempdir().unwrap();
+        let git = |dir: &Path, args: &[&str]| {
+            let o = Command::new("git")
+                .args(args)
+                .current_dir(dir)
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@t")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@t")
+                .output()
+                .expect("git (Debian package git)");
+            assert!(o.status.success(), "git {args:?}: {}", text(&o.stderr));
+        };
+        let src = srv.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        git(&src, &["init", "-q"]);
+        std::fs::write(src.join("a.txt"), "cloned through the proxy\n").unwrap();
+        git(&src, &["add", "a.txt"]);
+        git(&src, &["commit", "-qm", "init"]);
+        git(srv.path(), &["clone", "-q", "--bare", "src", "repo.git"]);
+        git(&srv.path().join("repo.git"), &["update-server-info"]);
+        let port = free_port();
+        let _server = Server(
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "http.server",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--directory",
+                ])
+                .arg(srv.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let url = format!("http://host.hutch.internal:{port}/repo.git");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the git server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let script =
+            format!("cd /tmp && git clone -q {url} r 2>&1; cat r/a.txt 2>/dev/null; echo rc=$?");
+        let run = || {
+            let o = h(&[
+                "run",
+                "--engine",
+                e.flag(),
+                "--memory",
+                "512M",
+                "--cpus",
+                "1",
+                ws.path().to_str().unwrap(),
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ]);
+            text(&o.stdout)
+        };
+        let refused = run();
+        assert!(
+            refused.contains("403") && !refused.contains("cloned through"),
+            "no rule, no clone: {refused}"
+        );
+        let o = h(&[
+            "policy",
+            "allow",
+            "-g",
+            &format!("host.hutch.internal:{port}"),
+        ]);
+        assert_eq!(o.status.code(), Some(0));
+        let out = run();
+        assert!(out.contains("cloned through the proxy\nrc=0"), "{out}");
+    }
+);
