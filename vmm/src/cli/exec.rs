@@ -125,21 +125,7 @@ mod tests {
             .unwrap_err()
             .contains("no sandbox named nope"));
         s.create("old").unwrap();
-        let me = std::process::id();
-        let mut r = Record {
-            name: "old".into(),
-            status: Status::Stopped,
-            pid: me,
-            pid_start: crate::sandbox::state::process_start(me).unwrap(),
-            engine: "qemu (tcg)".into(),
-            workspace: "/w".into(),
-            memory: 1 << 30,
-            cpus: 1,
-            created: 0,
-            detached: true,
-            ports: vec![],
-            guest_env: vec![],
-        };
+        let mut r = crate::sandbox::state::test_record("old", Status::Stopped);
         s.save(&r).unwrap();
         assert!(running(&s, "old").unwrap_err().contains("is stopped"));
         r.status = Status::Running;

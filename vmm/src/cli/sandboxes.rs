@@ -235,21 +235,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Store::at(d.path().to_path_buf());
         s.create("x").unwrap();
-        let me = std::process::id();
-        let rec = Record {
-            name: "x".into(),
-            status: Status::Running,
-            pid: me,
-            pid_start: crate::sandbox::state::process_start(me).unwrap() + 1,
-            engine: "qemu (tcg)".into(),
-            workspace: "/w".into(),
-            memory: 1 << 30,
-            cpus: 1,
-            created: 0,
-            detached: true,
-            ports: vec![],
-            guest_env: vec![],
-        };
+        let mut rec = crate::sandbox::state::test_record("x", Status::Running);
+        rec.pid_start += 1;
         s.save(&rec).unwrap();
         assert!(stop_one(&s, "x").unwrap().contains("stale"));
         assert_eq!(s.load("x").unwrap().shown_status(), "stopped");

@@ -303,25 +303,32 @@ pub fn exists(path: &Path) -> bool {
     path.symlink_metadata().is_ok()
 }
 
+/// A record of this process, for tests elsewhere in the crate.
+#[cfg(test)]
+pub fn test_record(name: &str, status: Status) -> Record {
+    let pid = std::process::id();
+    Record {
+        name: name.into(),
+        status,
+        pid,
+        pid_start: process_start(pid).unwrap_or(1),
+        engine: "qemu (tcg)".into(),
+        workspace: "/w".into(),
+        memory: 1 << 30,
+        cpus: 2,
+        created: now(),
+        detached: true,
+        ports: vec![],
+        guest_env: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn rec(name: &str, pid: u32, status: Status) -> Record {
-        Record {
-            name: name.into(),
-            status,
-            pid,
-            pid_start: process_start(pid).unwrap_or(1),
-            engine: "qemu (tcg)".into(),
-            workspace: "/w".into(),
-            memory: 1 << 30,
-            cpus: 2,
-            created: now(),
-            detached: true,
-            ports: vec![],
-            guest_env: vec![],
-        }
+    fn rec(name: &str, _pid: u32, status: Status) -> Record {
+        test_record(name, status)
     }
 
     #[test]
