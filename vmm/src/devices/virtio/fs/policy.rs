@@ -1,7 +1,9 @@
 //! `PolicyFs`: the `FileSystem` the device serves, wrapped around PassthroughFs.
 //!
-//! For a workspace share it only delegates (squashing the caller's credentials on creating
-//! calls when the VMM is not root). For the system-root share it is the guard: read-only,
+//! For a workspace share it only delegates, creating files as the VMM's own user (see
+//! "uid/gid mapping" in docs/architecture.md), and refuses what would reach past the share
+//! or plant privileges on the host: device nodes, set-ID bits, file capabilities. For the
+//! system-root share it is the guard: read-only,
 //! only the allowlisted names at the root, secrets masked, and only inodes the guest was
 //! given may be named.
 
@@ -32,6 +34,10 @@ pub const ROOT_ALLOWLIST: &[&CStr] = &[
 
 /// Open flags that would let the guest change a file.
 const WRITE_OPEN_FLAGS: i32 = libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT;
+
+/// The extended attribute that gives a program file capabilities when it is run: as
+/// dangerous on the host as a set-user-ID bit.
+const FILE_CAPS_XATTR: &CStr = c"security.capability";
 
 /// FUSE_INIT flags hutch asks for on top of PassthroughFs's own:
 /// - ASYNC_READ: the guest may have several reads of a file in flight;
@@ -71,6 +77,14 @@ fn safe_mode(mode: u32, is_dir: bool) -> u32 {
         libc::S_ISUID | libc::S_ISGID
     };
     mode & !strip
+}
+
+/// `flags` without O_NOATIME. Guest opens (its exec, for one) can carry it, and the host
+/// refuses it (EPERM) on files the VMM does not own: every program in the root view when
+/// hutch is not root. READ and WRITE repeat the open flags, and PassthroughFs re-applies
+/// them to the file with F_SETFL, so they lose it too.
+fn without_noatime(flags: u32) -> u32 {
+    flags & !(libc::O_NOATIME as u32)
 }
 
 fn err(errno: i32) -> io::Error {
@@ -115,7 +129,8 @@ pub struct PolicyFs<F> {
 
 impl<F> PolicyFs<F> {
     /// Serves `inner` as is (workspace share). With `squash_creds`, files are created as the
-    /// VMM's own user instead of switching to the guest caller's uid/gid, which only root may do.
+    /// VMM's own user instead of switching to the guest caller's uid/gid (which only root may
+    /// do, and which would leave files owned by other host users).
     pub fn passthrough(inner: F, squash_creds: bool) -> Self {
         Self {
             inner,
@@ -435,7 +450,8 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
             }
         }
         self.not_a_device(ctx, inode)?;
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        self.inner
+            .open(ctx, inode, without_noatime(flags), fuse_flags)
     }
 
     fn create(
@@ -465,6 +481,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
         flags: u32,
     ) -> io::Result<usize> {
         self.check(inode)?;
+        let flags = without_noatime(flags);
         self.inner
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
@@ -492,7 +509,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
             offset,
             lock_owner,
             delayed_write,
-            flags,
+            without_noatime(flags),
             fuse_flags,
         )
     }
@@ -554,6 +571,11 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
         flags: u32,
     ) -> io::Result<()> {
         self.writable()?;
+        if name == FILE_CAPS_XATTR {
+            // `setcap` in the guest would leave a program that gains capabilities when a
+            // host user runs it (the VMM runs as root in CI and may set it).
+            return Err(err(libc::EPERM));
+        }
         self.inner.setxattr(ctx, inode, name, value, flags)
     }
 

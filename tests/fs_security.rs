@@ -1,0 +1,461 @@
+//! A guest trying to reach host files outside its shares (`guest/fs_escape.py`), while the
+//! host swaps a workspace file for a symlink to a secret; the root view's private and
+//! masked files; the fs worker threads' capabilities and file descriptors; and who owns
+//! what the guest creates. The server-side requests a guest kernel never sends (`..`
+//! names, forgetting the root) are unit-tested in `vmm/src/devices/virtio/fs/tests/escape.rs`.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hutch_e2e::{per_engine, run, Engine};
+
+/// How long each racing attempt runs in the guest, in seconds.
+const RACE_SECONDS: &str = "3";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: NUL-terminated path and name; `value` is readable for its length.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setxattr {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+fn has_xattr(path: &Path, name: &str) -> bool {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: NUL-terminated path and name; a null buffer of size 0 only asks the size.
+    unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+}
+
+/// `outer/{secret, public}` with the workspace `outer/ws` next to them, and a second
+/// secret in a separate directory.
+struct Layout {
+    outer: tempfile::TempDir,
+    other: tempfile::TempDir,
+    marker: String,
+}
+
+impl Layout {
+    fn new() -> Self {
+        let outer = tempfile::Builder::new()
+            .prefix("hutch-sec-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let other = tempfile::Builder::new()
+            .prefix("hutch-sec2-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let marker = format!("HOSTSECRET{}x{nanos}", std::process::id());
+        let ws = outer.path().join("ws");
+        std::fs::create_dir_all(ws.join("sub")).unwrap();
+        for dir in [outer.path(), other.path()] {
+            let secret = dir.join("secret");
+            std::fs::write(&secret, format!("{marker}\n")).unwrap();
+            set_xattr(&secret, "user.secret", marker.as_bytes());
+        }
+        std::fs::write(outer.path().join("public"), "HOSTLINK-OK\n").unwrap();
+        std::fs::hard_link(outer.path().join("public"), ws.join("hostlink")).unwrap();
+        std::os::unix::fs::symlink("../secret", ws.join("up")).unwrap();
+        std::fs::write(ws.join("y"), "BENIGN-Y\n").unwrap();
+        if is_root() {
+            let node =
+                std::ffi::CString::new(ws.join("hostdev").as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: mknod on a NUL-terminated path inside our temporary directory.
+            let rc =
+                unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+            assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+        }
+        Self {
+            outer,
+            other,
+            marker,
+        }
+    }
+
+    fn ws(&self) -> PathBuf {
+        self.outer.path().join("ws")
+    }
+}
+
+/// Swaps `ws/y` between a file and a symlink to a secret (absolute, then relative) from
+/// when the guest creates `y-go` until it creates `y-stop` or `stop` is set.
+fn host_swapper(ws: PathBuf, secret: PathBuf, stop: Arc<AtomicBool>, swaps: Arc<AtomicU64>) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !ws.join("y-go").exists() {
+        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut i = 0u64;
+    while !ws.join("y-stop").exists() && !stop.load(Ordering::Relaxed) && Instant::now() < deadline
+    {
+        i += 1;
+        let res = if i % 2 == 1 {
+            std::fs::write(ws.join("y.tmp"), "BENIGN-Y\n")
+                .and_then(|_| std::fs::rename(ws.join("y.tmp"), ws.join("y")))
+        } else {
+            let target = if i.is_multiple_of(4) {
+                secret.clone()
+            } else {
+                PathBuf::from("../secret")
+            };
+            let _ = std::fs::remove_file(ws.join("y.lnk"));
+            std::os::unix::fs::symlink(&target, ws.join("y.lnk"))
+                .and_then(|_| std::fs::rename(ws.join("y.lnk"), ws.join("y")))
+        };
+        res.unwrap_or_else(|e| panic!("swapping {}: {e}", ws.join("y").display()));
+        swaps.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// The `Cap*:` lines of a thread's status, as (CapEff, CapPrm, CapBnd).
+fn caps_of(status: &str) -> (u64, u64, u64) {
+    let get = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap_or_else(|| panic!("no {key} in {status}"))
+    };
+    (get("CapEff:"), get("CapPrm:"), get("CapBnd:"))
+}
+
+/// What the fs workers may keep: CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID.
+const WORKER_CAPS: u64 = 0x1f;
+
+/// Checks the capabilities of the hutch process's threads and what its descriptors
+/// point at, while its guest runs.
+fn inspect_vmm(pid: u32, l: &Layout) {
+    let mut confined = 0;
+    let mut lines = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let (eff, prm, bnd) = caps_of(&status);
+        lines.push(format!(
+            "{:>8} {:<16} CapEff={eff:x} CapPrm={prm:x} CapBnd={bnd:x}",
+            task.file_name().to_string_lossy(),
+            comm.trim()
+        ));
+        if eff == WORKER_CAPS && prm == WORKER_CAPS && bnd == WORKER_CAPS {
+            assert_eq!(comm.trim(), "vring_worker", "only fs workers are confined");
+            confined += 1;
+        }
+    }
+    eprintln!("hutch threads:\n{}", lines.join("\n"));
+    if is_root() {
+        // The request queues of both shares have served requests by now.
+        assert!(
+            confined >= 2,
+            "fs worker threads kept their capabilities:\n{}",
+            lines.join("\n")
+        );
+    }
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let t = target.to_string_lossy().to_string();
+        assert!(
+            !t.starts_with(&l.other.path().to_string_lossy().to_string())
+                && t != l.outer.path().join("secret").to_string_lossy()
+                && t != l.outer.path().to_string_lossy()
+                && !t.starts_with("/etc/shadow")
+                && !t.starts_with("/home"),
+            "hutch holds {t}"
+        );
+        let kind = if t.starts_with('/') {
+            let ws = l.ws().to_string_lossy().to_string();
+            if t.starts_with(&ws) {
+                "workspace".to_string()
+            } else {
+                t.split('/').take(2).collect::<Vec<_>>().join("/")
+            }
+        } else {
+            t.split(':').next().unwrap_or("").to_string()
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    eprintln!("hutch file descriptors by kind: {kinds:?}");
+}
+
+per_engine!(
+    guest_cannot_reach_host_files_outside_its_shares,
+    |e: Engine| {
+        let l = Layout::new();
+        let ws = l.ws();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/fs_escape.py");
+        std::fs::copy(&script, ws.join("fs_escape.py")).unwrap();
+        let secret2 = l.other.path().join("secret");
+        let ino = std::fs::metadata(&secret2).unwrap().ino().to_string();
+        let words = [
+            "python3",
+            "fs_escape.py",
+            RACE_SECONDS,
+            secret2.to_str().unwrap(),
+            &ino,
+        ];
+        let argv: Vec<&std::ffi::OsStr> = words.iter().map(std::ffi::OsStr::new).collect();
+        let mut h = hutch_e2e::Hutch::new(hutch_e2e::run_args(e, &ws, &argv));
+        let mut child = h
+            .cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let swaps = Arc::new(AtomicU64::new(0));
+        let swapper = {
+            let (ws, secret, stop, swaps) =
+                (ws.clone(), secret2.clone(), stop.clone(), swaps.clone());
+            std::thread::spawn(move || host_swapper(ws, secret, stop, swaps))
+        };
+        // Once the guest is in its last racing step, every worker has served requests.
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while !ws.join("y-go").exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if ws.join("y-go").exists() {
+            inspect_vmm(child.id(), &l);
+        }
+        let (code, out, err) = hutch_e2e::collect(&mut child);
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        eprintln!("{out}");
+        assert!(
+            !out.contains(&l.marker) && !err.contains(&l.marker),
+            "a host secret reached the guest:\n{out}\n{err}"
+        );
+        assert_eq!(code, Some(0), "{out}\n{err}");
+        assert!(!out.contains("READ "), "{out}");
+        assert!(out.contains("\ndone\n"), "{out}\n{err}");
+        for attempt in [
+            "dotdot_at_the_share_root",
+            "hard_links",
+            "rename_race",
+            "proc_self_fd_paths",
+            "file_handles",
+            "fifo_socket_and_device_nodes",
+            "guest_symlink_swap",
+            "host_symlink_swap",
+            "root_view",
+        ] {
+            let line = out
+                .lines()
+                .find(|l| l.starts_with(&format!("attempt {attempt} ")))
+                .unwrap_or_else(|| panic!("{attempt} did not run:\n{out}"));
+            let count = |key: &str| -> u64 {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(key)?.parse().ok())
+                    .unwrap_or_else(|| panic!("{line}"))
+            };
+            let (tries, ok) = (count("tries="), count("ok="));
+            assert!(tries > 0, "{line}");
+            assert_eq!(ok, tries, "{attempt}: {line}\n{out}");
+        }
+        let n = swaps.load(Ordering::Relaxed);
+        eprintln!("host swapped ws/y {n} times while the guest read it");
+        assert!(n >= 20, "the host swapper barely ran: {n}");
+        // Nothing was planted next to the workspace, the secret is untouched.
+        let mut names: Vec<_> = std::fs::read_dir(l.outer.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["public", "secret", "ws"]);
+        assert_eq!(
+            std::fs::read_to_string(l.outer.path().join("secret")).unwrap(),
+            format!("{}\n", l.marker)
+        );
+        assert!(!has_xattr(&l.outer.path().join("secret"), "user.planted"));
+        // Guest symlinks shaped like /proc magic links are plain links on the host.
+        for (name, text) in [
+            ("pfd", "/proc/self/fd/3"),
+            ("proot", "../../proc/self/root/etc/shadow"),
+        ] {
+            assert_eq!(std::fs::read_link(ws.join(name)).unwrap(), Path::new(text));
+        }
+        // FIFOs and sockets are fine; no device nodes.
+        assert!(std::fs::symlink_metadata(ws.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        assert!(std::fs::symlink_metadata(ws.join("sock"))
+            .unwrap()
+            .file_type()
+            .is_socket());
+        assert!(!ws.join("blk").exists() && !ws.join("chr").exists());
+        hutch_e2e::assert_no_leftovers(h.runtime.path());
+    }
+);
+
+per_engine!(
+    setcap_in_the_guest_leaves_no_file_capabilities,
+    |e: Engine| {
+        let ws = hutch_e2e::workspace();
+        // python's os.setxattr writes the same blob `setcap cap_setuid+ep prog` would.
+        let script = "import os, shutil, struct
+shutil.copy('/bin/true', 'prog')
+blob = struct.pack('<IIIII', 0x02000001, 1 << 7, 0, 0, 0)
+try:
+    os.setxattr('prog', 'security.capability', blob)
+    print('setcap succeeded')
+except OSError as e:
+    print('setcap refused', e.errno)
+";
+        let o = run(e, ws.path(), &["python3", "-c", script], None);
+        let out = o.stdout_str();
+        assert!(out.contains("setcap refused 1"), "{out}\n{}", o.stderr);
+        assert!(!has_xattr(&ws.path().join("prog"), "security.capability"));
+    }
+);
+
+/// `hutch kernel path`, copied where an unprivileged user can read it.
+fn kernel_copy() -> tempfile::TempDir {
+    let out = std::process::Command::new(hutch_e2e::hutch_bin())
+        .args(["kernel", "path"])
+        .output()
+        .unwrap();
+    let src = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let dir = tempfile::Builder::new()
+        .prefix("hutch-kernel-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    for f in ["vmlinux", "bzImage", "config"] {
+        std::fs::copy(src.join(f), dir.path().join(f))
+            .unwrap_or_else(|e| panic!("copying {}: {e}", src.join(f).display()));
+    }
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    dir
+}
+
+const GUEST_CREATES: &str = "echo a > by-root; mkdir dir-by-root; \
+    setpriv --reuid=1000 --regid=1000 --clear-groups sh -c 'echo b > by-user' \
+      || echo 'guest user could not create'; \
+    echo c > chowned; chown 1234:1234 chowned || echo 'chown refused'; ls -ln";
+
+per_engine!(guest_files_belong_to_the_invoking_user, |e: Engine| {
+    // As the user running this test (root in CI): guest root and a guest user alike.
+    let ws = hutch_e2e::workspace();
+    std::fs::set_permissions(
+        ws.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let o = run(e, ws.path(), &["sh", "-c", GUEST_CREATES], None);
+    eprintln!("{}\n{}", o.stdout_str(), o.stderr);
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    // SAFETY: geteuid and getegid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // The workspace is world-writable, so guest uid 1000 may create in it.
+    for f in ["by-root", "dir-by-root", "by-user"] {
+        let m = std::fs::metadata(ws.path().join(f))
+            .unwrap_or_else(|err| panic!("{f}: {err}\n{}", o.stdout_str()));
+        assert_eq!((m.uid(), m.gid()), (uid, gid), "{f}");
+    }
+    // An explicit chown is what was asked for, where the host allows it.
+    let m = std::fs::metadata(ws.path().join("chowned")).unwrap();
+    if is_root() {
+        assert_eq!(m.uid(), 1234);
+    } else {
+        assert_eq!(m.uid(), uid);
+    }
+
+    // As an unprivileged user (nobody) when the test is root.
+    if !is_root() {
+        return;
+    }
+    let kernel = kernel_copy();
+    let home = tempfile::Builder::new()
+        .prefix("hutch-home-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let runtime = tempfile::Builder::new()
+        .prefix("hutch-rt-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let ws = hutch_e2e::workspace();
+    for d in [home.path(), runtime.path(), ws.path()] {
+        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+    }
+    std::fs::set_permissions(
+        ws.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let mut args = vec![
+        std::ffi::OsString::from("--reuid=65534"),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+        "env".into(),
+        format!("HOME={}", home.path().display()).into(),
+        format!("XDG_RUNTIME_DIR={}", runtime.path().display()).into(),
+        format!("HUTCH_KERNEL_DIR={}", kernel.path().display()).into(),
+        hutch_e2e::hutch_bin().into(),
+    ];
+    let words = ["sh", "-c", GUEST_CREATES];
+    let argv: Vec<&std::ffi::OsStr> = words.iter().map(std::ffi::OsStr::new).collect();
+    args.extend(hutch_e2e::run_args(e, ws.path(), &argv));
+    let out = std::process::Command::new("setpriv")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("as nobody:\n{stdout}\n{stderr}");
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for f in ["by-root", "dir-by-root", "by-user", "chowned"] {
+        let m = std::fs::metadata(ws.path().join(f)).unwrap_or_else(|err| panic!("{f}: {err}"));
+        assert_eq!((m.uid(), m.gid()), (65534, 65534), "{f}");
+    }
+    assert!(
+        stdout.contains("chown refused") || stderr.contains("chown"),
+        "{stdout}\n{stderr}"
+    );
+    hutch_e2e::assert_no_leftovers(runtime.path());
+});
