@@ -134,12 +134,16 @@ per_engine!(
     |e: Engine| {
         let ws = hutch_e2e::workspace();
         std::fs::write(ws.path().join("f"), "first").unwrap();
-        let script = "cat f; echo; : > ready
+        // `later` is looked up (and missed) before the host creates it: the
+        // guest caches that miss as a negative entry, which must expire too.
+        let script = "cat f; echo; [ -e later ] && echo 'later exists early'; : > ready
 i=0; while [ ! -e go ]; do sleep 0.05; i=$((i+1)); [ $i -gt 2400 ] && exit 9; done
 start=$(date +%s%N)
 while :; do c=$(cat f); [ \"$c\" = 'second version, longer' ] && break
   now=$(date +%s%N); [ $(( (now-start)/1000000 )) -gt 20000 ] && { echo \"STALE: $c\"; exit 3; }; sleep 0.05; done
 echo \"seen after $(( ($(date +%s%N)-start)/1000000 )) ms\"
+while [ ! -e later ]; do now=$(date +%s%N); [ $(( (now-start)/1000000 )) -gt 20000 ] && { echo 'STALE: later'; exit 4; }; sleep 0.05; done
+echo \"created seen after $(( ($(date +%s%N)-start)/1000000 )) ms\"
 ls new-from-host; [ -e gone ] && echo 'deleted file still visible' || echo 'delete seen'
 echo from-guest > back.txt; sync";
         std::fs::write(ws.path().join("gone"), "x").unwrap();
@@ -164,6 +168,7 @@ echo from-guest > back.txt; sync";
         // An in-place overwrite (same inode, new size), a create and a delete.
         std::fs::write(ws.path().join("f"), "second version, longer").unwrap();
         std::fs::write(ws.path().join("new-from-host"), "n").unwrap();
+        std::fs::write(ws.path().join("later"), "l").unwrap();
         std::fs::remove_file(ws.path().join("gone")).unwrap();
         std::fs::write(ws.path().join("go"), "").unwrap();
         let (code, out, err) = hutch_e2e::collect(&mut child);
@@ -177,11 +182,23 @@ echo from-guest > back.txt; sync";
                     .ok()
             })
             .unwrap_or_else(|| panic!("no timing in {out:?} / {err}"));
-        eprintln!("host overwrite visible in the guest after {ms} ms");
-        assert!(
-            ms <= COHERENCE_BOUND_MS,
-            "host edit took {ms} ms to reach the guest"
+        let created_ms: u64 = out
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("created seen after ")?
+                    .strip_suffix(" ms")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no timing in {out:?} / {err}"));
+        eprintln!(
+            "host overwrite visible in the guest after {ms} ms, a create over a cached miss after {created_ms} ms"
         );
+        assert!(
+            ms <= COHERENCE_BOUND_MS && created_ms <= COHERENCE_BOUND_MS,
+            "host changes took {ms} / {created_ms} ms to reach the guest"
+        );
+        assert!(!out.contains("later exists early"), "{out}");
         assert!(out.starts_with("first\n"), "{out}");
         assert!(
             out.contains("new-from-host\n") && out.contains("delete seen"),

@@ -12,6 +12,7 @@ pub mod detect;
 pub mod initramfs;
 pub mod native;
 pub mod qemu;
+pub mod tsc;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -14,7 +14,7 @@ use hutch_proto::{Frame, FrameKind};
 use super::console::{pump_stdin, HostConsole};
 use super::{detect, EngineError, VmOutcome, VmSpec};
 use crate::control::StopReason;
-use crate::devices::virtio::fs::{serve_vhost_user, FsDevice};
+use crate::devices::virtio::fs::{serve_vhost_user, FsDevice, SharePolicy};
 use crate::devices::virtio::vsock::{serve_vhost_user_vsock, VsockConfig, VsockDevice};
 
 /// A private directory for the run's sockets and initramfs, removed on drop.
@@ -117,6 +117,35 @@ pub fn qemu_args(
     a
 }
 
+/// Names a vhost-user-fs socket that serves the workspace share in place of
+/// hutch's own backend. It exists for the file system benchmark, which runs
+/// the same kernel and guest against virtiofsd this way; the workspace's
+/// policy is then whatever that backend enforces.
+pub const EXTERNAL_WORKSPACE_ENV: &str = "HUTCH_QEMU_WORKSPACE_BACKEND";
+
+/// Checks the external workspace backend's socket and says it is in use.
+fn external_backend(sock: &Path) -> Result<PathBuf, EngineError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(sock).map_err(|source| EngineError::Io {
+        what: format!(
+            "{EXTERNAL_WORKSPACE_ENV}: vhost-user socket {}",
+            sock.display()
+        ),
+        source,
+    })?;
+    if !meta.file_type().is_socket() {
+        return Err(EngineError::Io {
+            what: format!("{EXTERNAL_WORKSPACE_ENV}: {}", sock.display()),
+            source: std::io::Error::other("not a Unix socket"),
+        });
+    }
+    eprintln!(
+        "hutch: the workspace is served by the vhost-user backend at {} ({EXTERNAL_WORKSPACE_ENV})",
+        sock.display()
+    );
+    Ok(sock.to_path_buf())
+}
+
 /// Boots `spec` under QEMU; `kvm` selects `-accel kvm` over TCG.
 pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     let qemu = detect::find_qemu().ok_or(EngineError::NoQemu)?;
@@ -125,7 +154,12 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     let mut sockets = Vec::new();
     let mut backends = Vec::new();
     let mut fs_devs = Vec::new();
+    let external_ws = std::env::var_os(EXTERNAL_WORKSPACE_ENV).map(PathBuf::from);
     for (i, share) in std::mem::take(&mut spec.shares).into_iter().enumerate() {
+        if let (SharePolicy::Workspace, Some(sock)) = (share.policy, &external_ws) {
+            sockets.push((external_backend(sock)?, share.tag));
+            continue;
+        }
         let dev = Arc::new(FsDevice::new(share)?);
         let sock = rt.0.join(format!("fs{i}.sock"));
         let tag = dev.tag().to_string();
@@ -156,6 +190,13 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
         None => None,
     };
 
+    if !kvm {
+        // Without these the TCG guest keeps time in 4 ms jiffies (see tsc.rs).
+        if let Some(khz) = super::tsc::host_tsc_khz() {
+            spec.cmdline
+                .push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+        }
+    }
     let args = qemu_args(
         &spec,
         kvm,

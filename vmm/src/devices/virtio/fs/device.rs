@@ -19,12 +19,11 @@ use vm_memory::{Address, Bytes, GuestMemory};
 use super::config::{config_space, validate_tag, CONFIG_SPACE_LEN};
 use super::policy::PolicyFs;
 use super::stats::FsStats;
-use super::{FsError, ShareConfig, SharePolicy};
+use super::{FsError, Levers, ShareConfig, SharePolicy};
 
 /// How long the guest may cache names and attributes of the system root.
 const ROOT_CACHE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-/// The same for the workspace: host edits show within this bound at most.
-const WORKSPACE_CACHE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+// The workspace's timeout is a lever (levers.rs): host edits show within it.
 
 /// The file system stack every share serves.
 pub type ShareFs = PolicyFs<PassthroughFs>;
@@ -168,10 +167,15 @@ impl FsDevice {
         // times is read once, and keep names and attributes for a minute.
         // The workspace keeps close-to-open consistency (every open
         // revalidates), so host edits show up at once.
+        let levers = match policy {
+            SharePolicy::Workspace => Levers::from_env()?,
+            SharePolicy::SystemRoot => Levers::default(),
+        };
         let (cache_policy, timeout) = match policy {
             SharePolicy::SystemRoot => (CachePolicy::Always, ROOT_CACHE_TIMEOUT),
-            SharePolicy::Workspace => (CachePolicy::Auto, WORKSPACE_CACHE_TIMEOUT),
+            SharePolicy::Workspace => (CachePolicy::Auto, levers.timeout),
         };
+        let workspace = policy == SharePolicy::Workspace;
         let passthrough_cfg = PassthroughConfig {
             root_dir,
             cache_policy,
@@ -183,6 +187,7 @@ impl FsDevice {
             // HANDLE_KILLPRIV_V2), so the guest stops asking for
             // security.capability before every write and truncate.
             killpriv_v2: true,
+            writeback: workspace && levers.writeback,
             ..Default::default()
         };
         let inner = PassthroughFs::new(passthrough_cfg).map_err(|e| FsError::Passthrough {
@@ -193,7 +198,7 @@ impl FsDevice {
         let fs = match policy {
             // Files the guest creates belong to the user running hutch, whoever the guest
             // caller is (a guest chown still changes them when hutch may do it).
-            SharePolicy::Workspace => PolicyFs::passthrough(inner, true),
+            SharePolicy::Workspace => PolicyFs::passthrough(inner, true).with_levers(levers),
             SharePolicy::SystemRoot => {
                 let fs =
                     PolicyFs::system_root(inner, &source).map_err(|e| FsError::SourceAccess {

@@ -17,6 +17,15 @@ pub enum FsError {
         reason: &'static str,
     },
 
+    /// `HUTCH_FS_LEVERS` holds an item hutch does not understand.
+    #[error("HUTCH_FS_LEVERS item {item:?}: {reason}")]
+    BadLever {
+        /// The rejected item.
+        item: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
     /// The share's source could not be inspected.
     #[error("virtio-fs share {tag:?}: cannot access source {}: {source}", path.display())]
     SourceAccess {

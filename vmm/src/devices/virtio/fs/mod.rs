@@ -7,13 +7,14 @@
 //!
 //! Files: `config.rs` (share description, config space), `device.rs` (the device and queue
 //! processing), `policy.rs` (the `FileSystem` wrapper enforcing a share's policy),
-//! `secrets.rs` (files the system root masks), `inodes.rs` (inodes handed to the guest),
+//! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `inodes.rs` (inodes handed to the guest),
 //! `vhost_user.rs` (vhost-user server), `error.rs`.
 
 mod config;
 mod device;
 mod error;
 mod inodes;
+mod levers;
 mod policy;
 mod secrets;
 mod stats;
@@ -25,6 +26,7 @@ mod tests;
 pub use config::{ShareConfig, SharePolicy, CONFIG_SPACE_LEN, TAG_LEN};
 pub use device::{FsDevice, ShareFs};
 pub use error::FsError;
+pub use levers::{Levers, LEVERS_ENV};
 pub use policy::{PolicyFs, ROOT_ALLOWLIST};
 pub use stats::FsStats;
 pub use vhost_user::{serve_vhost_user, VhostUserFs, VhostUserHandle};

@@ -25,6 +25,7 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
 use super::inodes::IssuedInodes;
+use super::levers::Levers;
 use super::secrets::{file_id, FileId, MaskedFiles};
 
 /// The only names that exist at the root of the system-root share.
@@ -54,8 +55,13 @@ const EXTRA_INIT_FLAGS: FsOptions = FsOptions::ASYNC_READ
 /// How long the guest caches a name the read-only root does not have.
 const NEGATIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// "No such entry", with a lifetime: a FUSE entry with node id 0.
+/// "No such entry" for as long as the root caches names.
 fn negative_entry() -> Entry {
+    negative_entry_for(NEGATIVE_TIMEOUT)
+}
+
+/// "No such entry", with a lifetime: a FUSE entry with node id 0.
+fn negative_entry_for(timeout: std::time::Duration) -> Entry {
     Entry {
         inode: 0,
         generation: 0,
@@ -63,7 +69,7 @@ fn negative_entry() -> Entry {
         attr: unsafe { std::mem::zeroed() },
         attr_flags: 0,
         attr_timeout: std::time::Duration::ZERO,
-        entry_timeout: NEGATIVE_TIMEOUT,
+        entry_timeout: timeout,
     }
 }
 
@@ -125,6 +131,7 @@ pub struct PolicyFs<F> {
     inner: F,
     squash_creds: bool,
     restrict: Option<Restrictions>,
+    levers: Levers,
 }
 
 impl<F> PolicyFs<F> {
@@ -136,6 +143,7 @@ impl<F> PolicyFs<F> {
             inner,
             squash_creds,
             restrict: None,
+            levers: Levers::default(),
         }
     }
 
@@ -151,7 +159,15 @@ impl<F> PolicyFs<F> {
                 issued: IssuedInodes::default(),
                 root: (meta.dev(), meta.ino()),
             }),
+            levers: Levers::default(),
         })
+    }
+
+    /// Applies the workspace levers (FLUSH answered or not, negative
+    /// entries); the system root keeps its own fixed caching.
+    pub fn with_levers(mut self, levers: Levers) -> Self {
+        self.levers = levers;
+        self
     }
 
     /// How many secret files the restricted view masks by identity (0 for a workspace).
@@ -278,7 +294,12 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         let Some(r) = &self.restrict else {
-            return self.inner.lookup(ctx, parent, name);
+            return match self.inner.lookup(ctx, parent, name) {
+                Err(e) if self.levers.negative && e.raw_os_error() == Some(libc::ENOENT) => {
+                    Ok(negative_entry_for(self.levers.timeout))
+                }
+                other => other,
+            };
         };
         r.check(parent)?;
         if parent == ROOT_ID && !ROOT_ALLOWLIST.contains(&name) {
@@ -518,6 +539,10 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
         if self.restrict.is_some() {
             // Nothing to flush in a read-only view; ENOSYS makes the guest
             // stop sending FLUSH on every close for the whole mount.
+            return Err(err(libc::ENOSYS));
+        }
+        if !self.levers.flush {
+            // The workspace's lever: see levers.rs.
             return Err(err(libc::ENOSYS));
         }
         self.inner.flush(ctx, inode, handle, lock_owner)

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Prints the three-way table from fs3way.sh's raw results.
+
+Lines: `WAY ROUND fsops PHASE OPS SECONDS` and `WAY ROUND workload NAME US`.
+Loop phases show ops/s (higher is better) and hutch/virtiofsd as a speed-up;
+workloads show seconds (lower is better) and hutch/virtiofsd as a time ratio.
+"""
+import statistics
+import sys
+from collections import defaultdict
+
+WAYS = ["host", "hutch", "virtiofsd", "native"]
+
+
+def main(path):
+    rate = defaultdict(list)  # (phase, way) -> ops/s
+    secs = defaultdict(list)  # (workload, way) -> seconds
+    failed = set()
+    phases, loads = [], []
+    for line in open(path):
+        f = line.split()
+        if len(f) == 6 and f[2] == "fsops":
+            way, phase, ops, s = f[0], f[3], float(f[4]), float(f[5])
+            if phase not in phases:
+                phases.append(phase)
+            rate[(phase, way)].append(ops / s if s > 0 else float("inf"))
+        elif len(f) == 5 and f[2] == "workload":
+            way, name = f[0], f[3]
+            if name not in loads:
+                loads.append(name)
+            if f[4] == "FAILED":
+                failed.add((name, way))
+            else:
+                secs[(name, way)].append(int(f[4]) / 1e6)
+    ways = [w for w in WAYS if any(k[1] == w for k in list(rate) + list(secs))]
+
+    def med(d, k):
+        return statistics.median(d[k]) if d.get(k) else None
+
+    def cell(v, fmt):
+        return "-" if v is None else fmt.format(v)
+
+    head = " | ".join(ways)
+    print(f"| loop phase (ops/s; MiB/s for *_mib) | {head} | hutch ÷ virtiofsd |")
+    print("|---" * (len(ways) + 2) + "|")
+    for p in phases:
+        vals = [med(rate, (p, w)) for w in ways]
+        h, v = med(rate, (p, "hutch")), med(rate, (p, "virtiofsd"))
+        ratio = cell(h / v if h and v else None, "{:.2f}×")
+        print(f"| {p} | " + " | ".join(cell(x, "{:,.0f}") for x in vals) + f" | {ratio} |")
+    print()
+    print(f"| workload (seconds) | {head} | hutch ÷ virtiofsd | hutch ÷ host |")
+    print("|---" * (len(ways) + 3) + "|")
+    for n in loads:
+        vals = []
+        for w in ways:
+            if (n, w) in failed:
+                vals.append("FAILED")
+            else:
+                vals.append(cell(med(secs, (n, w)), "{:.2f}"))
+        h, v, o = (med(secs, (n, w)) for w in ("hutch", "virtiofsd", "host"))
+        r1 = cell(h / v if h and v else None, "{:.2f}×")
+        r2 = cell(h / o if h and o else None, "{:.1f}×")
+        print(f"| {n} | " + " | ".join(vals) + f" | {r1} | {r2} |")
+    rounds = max((len(x) for x in list(rate.values()) + list(secs.values())), default=0)
+    print(f"\nmedians of {rounds} round(s); raw lines in {path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

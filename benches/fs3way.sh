@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The file system benchmark of issue 3, three ways in one run:
+#   host       the workloads straight on the host file system;
+#   hutch      in a qemu-engine guest, the workspace served by hutch's backend;
+#   virtiofsd  the same kernel and guest, the workspace served by virtiofsd
+#              (crates.io, default flags, --cache auto) over vhost-user;
+#   native     hutch's own VMM, only where /dev/kvm is real (kvm_intel/amd).
+# Ways alternate within each round; the table shows medians over rounds.
+#   benches/fs3way.sh [ROUNDS]       (VIRTIOFSD=path to skip installing it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+T=target/x86_64-unknown-linux-gnu/release
+say() { printf 'fs bench: %s\n' "$*" >&2; }
+
+need=()
+for p in gcc make git cargo python3 linux-source-6.1 libseccomp-dev libcap-ng-dev; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    say "installing ${need[*]}"
+    sudo=(); [ "$(id -u)" -ne 0 ] && sudo=(sudo)
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >&2
+fi
+say "building hutch and the loop runner (release)"
+cargo build --release -q --locked -p hutch -p hutch-bench --bin hutch --bin hutch-bench-fsops
+"$T/hutch" kernel build >/dev/null
+if [ -z "${VIRTIOFSD:-}" ]; then
+    VIRTIOFSD=target/tools/bin/virtiofsd
+    if [ ! -x "$VIRTIOFSD" ]; then
+        say "installing virtiofsd from crates.io into target/tools (a few minutes, once)"
+        cargo install -q --locked virtiofsd --root target/tools
+    fi
+fi
+"$VIRTIOFSD" --version >&2
+
+inputs=target/fsbench/inputs
+benches/fs/prepare.sh "$inputs"
+work=$(mktemp -d /tmp/hutch-fsbench-XXXXXX)
+vfsd_pid=
+cleanup() { [ -n "$vfsd_pid" ] && kill "$vfsd_pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+ws=$work/ws
+results=target/fsbench/results-$(date +%Y%m%d-%H%M%S).txt
+
+fresh() {
+    rm -rf "$ws" && mkdir "$ws"
+    cp -a "$inputs"/{src.tar,repo,cproj,crates,npm.tar,big} "$ws"/
+    cp "$T/hutch-bench-fsops" benches/fs/workloads.sh "$ws"/
+    git -C "$ws/repo" status --porcelain >/dev/null # refresh the index's stat data
+    sync
+}
+guest() { "$T/hutch" run --engine "$1" --memory 2G --cpus 2 "$ws" -- sh workloads.sh --drop-caches; }
+way() {
+    case $1 in
+    host) (cd "$ws" && sh workloads.sh) ;;
+    hutch) guest qemu ;;
+    native) guest native ;;
+    virtiofsd)
+        local sock=$work/virtiofsd.sock
+        rm -f "$sock"
+        "$VIRTIOFSD" --socket-path "$sock" --shared-dir "$ws" --cache auto 2>"$work/virtiofsd.log" &
+        vfsd_pid=$!
+        for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+        HUTCH_QEMU_WORKSPACE_BACKEND=$sock guest qemu
+        wait "$vfsd_pid" 2>/dev/null || true
+        vfsd_pid=
+        ;;
+    esac
+}
+
+ways=(host hutch virtiofsd)
+grep -qE '^kvm_(intel|amd) ' /proc/modules && ways+=(native)
+mkdir -p target/fsbench
+for r in $(seq 1 "$ROUNDS"); do
+    order=("${ways[@]}")
+    [ $((r % 2)) -eq 0 ] && order=(host virtiofsd hutch "${ways[@]:3}")
+    for w in "${order[@]}"; do
+        say "round $r/$ROUNDS: $w"
+        fresh
+        way "$w" | sed "s/^/$w $r /" | tee -a "$results" >&2 || say "$w failed in round $r"
+    done
+done
+say "raw results: $results"
+python3 benches/fs/table.py "$results"

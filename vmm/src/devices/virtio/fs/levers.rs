@@ -1,0 +1,110 @@
+//! The workspace share's performance levers, each a switch that
+//! `HUTCH_FS_LEVERS` can flip for an experiment (`-flush,+writeback`), so a
+//! lever's effect is measured by running the same benchmark twice with no
+//! rebuild. The defaults are the levers that won; docs/fs-levers.md records
+//! what each is worth.
+
+use std::time::Duration;
+
+use super::FsError;
+
+/// The environment variable that overrides the defaults.
+pub const LEVERS_ENV: &str = "HUTCH_FS_LEVERS";
+
+/// Switches for the workspace share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Levers {
+    /// Answer FLUSH. Off: the first FLUSH gets ENOSYS and the guest stops
+    /// sending one on every close(); the server's descriptors stay open
+    /// until RELEASE, and locks are the guest kernel's own (no POSIX_LOCKS),
+    /// so a FLUSH does nothing on a local host file system.
+    pub flush: bool,
+    /// Answer a lookup miss with a negative entry the guest caches for the
+    /// entry timeout, instead of ENOENT, which it does not cache.
+    pub negative: bool,
+    /// FUSE WRITEBACK_CACHE: the guest buffers writes in its page cache.
+    /// Off: with it the guest trusts its own file sizes and mtimes, so a
+    /// host edit that changes a file's size can stay unseen (stale content).
+    pub writeback: bool,
+    /// Entry and attribute timeout: how long a host change may stay unseen.
+    pub timeout: Duration,
+}
+
+impl Default for Levers {
+    fn default() -> Self {
+        Self {
+            flush: false,
+            negative: true,
+            writeback: false,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Levers {
+    /// The defaults with `HUTCH_FS_LEVERS` applied.
+    pub fn from_env() -> Result<Self, FsError> {
+        match std::env::var(LEVERS_ENV) {
+            Ok(spec) => Self::default().apply(&spec),
+            Err(_) => Ok(Self::default()),
+        }
+    }
+
+    /// Applies `spec`: comma-separated `+NAME`, `-NAME` or `timeout=SECONDS`.
+    pub fn apply(mut self, spec: &str) -> Result<Self, FsError> {
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let bad = |reason: &'static str| FsError::BadLever {
+                item: item.to_owned(),
+                reason,
+            };
+            if let Some(secs) = item.strip_prefix("timeout=") {
+                let secs: f64 = secs.parse().map_err(|_| bad("not a number of seconds"))?;
+                if !(0.0..=3600.0).contains(&secs) {
+                    return Err(bad("must be 0 to 3600 seconds"));
+                }
+                self.timeout = Duration::from_secs_f64(secs);
+                continue;
+            }
+            let (on, name) = match item.split_at(1) {
+                ("+", name) => (true, name),
+                ("-", name) => (false, name),
+                _ => return Err(bad("start it with + or -")),
+            };
+            match name {
+                "flush" => self.flush = on,
+                "negative" => self.negative = on,
+                "writeback" => self.writeback = on,
+                _ => return Err(bad("levers are flush, negative, writeback, timeout=S")),
+            }
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let d = Levers::default();
+        assert!(!d.flush && d.negative && !d.writeback);
+        let l = d.apply("+flush, -negative,+writeback,timeout=0.5").unwrap();
+        assert!(l.flush && !l.negative && l.writeback);
+        assert_eq!(l.timeout, Duration::from_millis(500));
+        assert_eq!(d.apply("").unwrap(), d);
+    }
+
+    #[test]
+    fn bad_items_are_named() {
+        for (spec, why) in [
+            ("flush", "start it with +"),
+            ("+dax", "levers are"),
+            ("timeout=soon", "not a number"),
+            ("timeout=-1", "0 to 3600"),
+        ] {
+            let e = Levers::default().apply(spec).unwrap_err().to_string();
+            assert!(e.contains(spec) && e.contains(why), "{spec}: {e}");
+        }
+    }
+}
