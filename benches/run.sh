@@ -10,3 +10,12 @@ T=target/x86_64-unknown-linux-gnu/release
 "$T/hutch-bench-boot" "$T/hutch" "${1:-21}"
 "$T/hutch-bench-agent" "$T/hutch" "${1:-21}"
 "$T/hutch-bench-proxy"
+# virtio-fs device-level load, hutch vs virtiofsd; skipped, with the reason, when
+# virtiofsd can be neither found nor installed.
+rc=0
+benches/fsload.sh || rc=$?
+if [ "$rc" = 3 ]; then
+  echo "fsload: skipped (virtiofsd unavailable, see above)"
+elif [ "$rc" != 0 ]; then
+  exit "$rc"
+fi
