@@ -19,7 +19,17 @@ timed() {
     fi
 }
 git_status() { git -c safe.directory='*' -C repo status --porcelain; }
-npm_tree() { tar xf npm.tar && find node_modules -name '*.js' -exec cat {} + >/dev/null && rm -rf node_modules; }
+# Extract, resolve every package the way node's require() probes candidate
+# files (most probes miss), read the sources, remove the tree.
+npm_tree() {
+    tar xf npm.tar || return 1
+    for d in node_modules/pkg-*; do
+        for c in node_modules "index.mjs" index.cjs index.json index.js package.json; do
+            [ -e "$d/$c" ]
+        done
+    done
+    find node_modules -name '*.js' -exec cat {} + >/dev/null && rm -rf node_modules
+}
 cargo_build() {
     CARGO_HOME=$PWD/.cargo-home RUSTC=/usr/bin/rustc /usr/bin/cargo build --offline -q \
         --manifest-path crates/Cargo.toml

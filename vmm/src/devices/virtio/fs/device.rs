@@ -139,6 +139,7 @@ impl FsDevice {
     /// Creates the device for `cfg`. Nothing is opened under the source until the guest's
     /// FUSE_INIT, except the secrets scan of a system-root share.
     pub fn new(cfg: ShareConfig) -> Result<Self, FsError> {
+        super::fd_limit::raise();
         let ShareConfig {
             tag,
             source,

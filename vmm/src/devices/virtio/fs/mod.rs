@@ -7,12 +7,13 @@
 //!
 //! Files: `config.rs` (share description, config space), `device.rs` (the device and queue
 //! processing), `policy.rs` (the `FileSystem` wrapper enforcing a share's policy),
-//! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `inodes.rs` (inodes handed to the guest),
+//! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `fd_limit.rs` (RLIMIT_NOFILE), `inodes.rs` (inodes handed to the guest),
 //! `vhost_user.rs` (vhost-user server), `error.rs`.
 
 mod config;
 mod device;
 mod error;
+mod fd_limit;
 mod inodes;
 mod levers;
 mod policy;
