@@ -12,7 +12,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TRIPLE=x86_64-unknown-linux-gnu
 PACKAGES=(qemu-system-x86 linux-source-6.1 gcc make bc bison flex libelf-dev libssl-dev xz-utils patch cpio
           gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm device-tree-compiler
-          tmux curl python3 tinyproxy git python3-pip $(command -v npm >/dev/null || echo npm))
+          tmux curl python3 tinyproxy git python3-pip openssl $(command -v npm >/dev/null || echo npm))
 
 say() { printf 'hutch.sh: %s\n' "$*" >&2; }
 

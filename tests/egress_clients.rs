@@ -378,6 +378,16 @@ fn scan_guest_ram(pid: u32, needles: &[&[u8]]) -> (Vec<bool>, u64) {
     (found, end - start)
 }
 
+/// A server process, killed on drop.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Ends a memory-test guest however the test ends: `done` lets its script
 /// finish; the child is killed if it is still there after that.
 struct Guest {
@@ -400,6 +410,112 @@ impl Drop for Guest {
     }
 }
 
+/// A test CA and a leaf for `host.hutch.internal` signed by it, made with
+/// the openssl command (Debian package openssl): (ca.pem, leaf.pem, leaf.key).
+fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (Debian package openssl)");
+        assert!(o.status.success(), "openssl {args:?}: {}", text(&o.stderr));
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat()
+        .into_iter()
+        .chain([
+            "-subj",
+            "/CN=hutch-e2e-test-ca",
+            "-days",
+            "2",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ])
+        .collect::<Vec<_>>(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &["-keyout", "leaf.key", "-out", "leaf.csr"],
+        ]
+        .concat()
+        .into_iter()
+        .chain(["-subj", "/CN=host.hutch.internal"])
+        .collect::<Vec<_>>(),
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:host.hutch.internal\nbasicConstraints=CA:FALSE\n\
+         extendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    )
+}
+
+/// `tests/guest/egress_tls_echo.py`: HTTPS with `cert`, answering `marker`
+/// and the request head; the heads it got go to `heads`. Killed on drop.
+fn tls_echo(cert: &Path, key: &Path, marker: &str, heads: &Path) -> (Child, u16) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/egress_tls_echo.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(cert)
+        .arg(key)
+        .arg(marker)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(heads).unwrap())
+        .spawn()
+        .expect("python3 (Debian package python3)");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    match line.trim().parse() {
+        Ok(port) => (child, port),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the TLS upstream did not start: {line:?}");
+        }
+    }
+}
+
 per_engine!(injected_secret_stays_out_of_guest_memory, |e: Engine| {
     let sb = Sandbox::new();
     let nonce = format!(
@@ -410,14 +526,25 @@ per_engine!(injected_secret_stays_out_of_guest_memory, |e: Engine| {
             .as_nanos(),
         std::process::id()
     );
-    // Neither string is in the guest's command line: the secret reaches
-    // only the host proxy, the marker only the upstream's response.
+    // None of these strings is in the guest's command line: the secret
+    // reaches only the host proxy, the markers only the upstreams' responses.
     let secret = format!("sk-e2e-{nonce}-9f3c");
     let marker = format!("guest-ram-marker-{nonce}");
+    let tls_marker = format!("guest-ram-tls-marker-{nonce}");
+    // Plain HTTP (the proxy sets the header) and HTTPS (the proxy
+    // terminates the guest's TLS with the sandbox CA, checks the upstream
+    // against the test CA, and sets the header); both upstreams echo it.
     let seen = Arc::new(Mutex::new(Vec::new()));
     let port = echo_upstream(marker.clone(), seen.clone());
     let rule = format!("host.hutch.internal:{port}");
     sb.allow(&rule);
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_ca(pki.path());
+    let heads_file = pki.path().join("heads.txt");
+    let (tls_child, tls_port) = tls_echo(&cert, &key, &tls_marker, &heads_file);
+    let _tls = KillOnDrop(tls_child);
+    let tls_rule = format!("host.hutch.internal:{tls_port}");
+    sb.allow(&tls_rule);
     let o = sb.hutch(
         &["secret", "set", "-g", "host.hutch.internal:X-Hutch-Token"],
         Some(format!("{secret}\n").as_bytes()),
@@ -428,6 +555,8 @@ per_engine!(injected_secret_stays_out_of_guest_memory, |e: Engine| {
     let script = format!(
         "r=$(curl -sS -m 30 http://{rule}/token); printf '%s\\n' \"$r\" > /tmp/got; \
          printf '%s\\n' \"$r\"; \
+         t=$(curl -sS -m 30 https://{tls_rule}/tls); printf '%s\\n' \"$t\" > /tmp/got-tls; \
+         printf '%s\\n' \"$t\"; \
          env > {ws}/env.txt; cat /proc/[0-9]*/environ > {ws}/environ.bin 2>/dev/null; \
          find /run /tmp /etc /root -xdev -type f -size -4M -exec cat {{}} + \
            > {ws}/files.bin 2>/dev/null; \
@@ -440,6 +569,9 @@ per_engine!(injected_secret_stays_out_of_guest_memory, |e: Engine| {
     let child = sb
         .command(&sb.run_args(e, "balanced", &script))
         .env("XDG_RUNTIME_DIR", runtime.path())
+        // hutch's proxy trusts the test CA for upstream TLS
+        // (rustls-native-certs reads SSL_CERT_FILE); the guest never sees it.
+        .env("SSL_CERT_FILE", &ca)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -469,7 +601,10 @@ per_engine!(injected_secret_stays_out_of_guest_memory, |e: Engine| {
         })
         .collect();
     assert_eq!(qemu.len(), 1, "one QEMU process for this guest: {qemu:?}");
-    let (found, scanned) = scan_guest_ram(qemu[0], &[marker.as_bytes(), secret.as_bytes()]);
+    let (found, scanned) = scan_guest_ram(
+        qemu[0],
+        &[marker.as_bytes(), tls_marker.as_bytes(), secret.as_bytes()],
+    );
     eprintln!(
         "[e2e] scanned {} MiB of guest RAM (QEMU pid {})",
         scanned >> 20,
@@ -477,30 +612,35 @@ per_engine!(injected_secret_stays_out_of_guest_memory, |e: Engine| {
     );
     assert!(scanned >= 512 << 20, "the whole guest RAM: {scanned}");
     assert!(
-        found[0],
-        "the marker the guest received is in the dump (so the dump is real)"
+        found[0] && found[1],
+        "the markers the guest received are in the dump (so the dump is real): {found:?}"
     );
-    assert!(!found[1], "the secret is nowhere in guest RAM");
+    assert!(!found[2], "the secret is nowhere in guest RAM");
 
     std::fs::write(&guest.done, "").unwrap();
     let (status, out, err) = hutch_e2e::collect(&mut guest.child);
     assert_eq!(status, Some(0), "{out}\n{err}");
     assert!(out.ends_with("finished\n"), "{out}\n{err}");
 
-    // The upstream got the header; the guest saw it masked.
+    // Both upstreams got the header; the guest saw it masked in both echoes.
+    let want = format!("x-hutch-token: {secret}");
     let heads = seen.lock().unwrap().join("\n");
     assert!(
-        heads
-            .to_ascii_lowercase()
-            .contains(&format!("x-hutch-token: {secret}")),
-        "the proxy injected the header upstream: {heads}"
+        heads.to_ascii_lowercase().contains(&want),
+        "the proxy injected the header over plain HTTP: {heads}"
+    );
+    let tls_heads = std::fs::read_to_string(&heads_file).unwrap();
+    assert!(
+        tls_heads.to_ascii_lowercase().contains(&want),
+        "the proxy injected the header inside TLS: {tls_heads}"
     );
     assert!(out.starts_with(&format!("{marker}\n")), "{out}");
-    let masked = format!("X-Hutch-Token: {}", "*".repeat(secret.len()));
-    assert!(
-        out.to_ascii_lowercase()
-            .contains(&masked.to_ascii_lowercase()),
-        "the echoed header reached the guest masked: {out}"
+    assert!(out.contains(&format!("\n{tls_marker}\n")), "{out}");
+    let masked = format!("x-hutch-token: {}", "*".repeat(secret.len()));
+    assert_eq!(
+        out.to_ascii_lowercase().matches(&masked).count(),
+        2,
+        "both echoed headers reached the guest masked: {out}"
     );
     assert!(!out.contains(&secret), "{out}");
     for f in ["env.txt", "environ.bin", "files.bin"] {
