@@ -10,6 +10,7 @@ pub mod config;
 pub mod console;
 pub mod host;
 pub mod mounts;
+pub mod overlay;
 pub mod ports;
 pub mod power;
 pub mod reaper;

@@ -59,11 +59,12 @@ fn boot() -> i32 {
         console::say("selftest: init running");
         return 0;
     }
-    run()
+    run(!rootfs::read_only_requested(&cmdline))
 }
 
-/// Runs the spec over the serial channel; returns the status to report.
-fn run() -> i32 {
+/// Runs the spec over the serial channel (`writable_root`: try the overlay
+/// root); returns the status to report.
+fn run(writable_root: bool) -> i32 {
     let tty = match channel::open_tty(TTY_PATH) {
         Ok(t) => t,
         Err(e) => {
@@ -77,7 +78,7 @@ fn run() -> i32 {
     // send stdin from now on (earlier bytes are lost or cooked by the kernel).
     let _ = sink.send(FrameKind::Stdout, &[]);
     console::trace("ready frame sent");
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| serve(&sink)));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| serve(&sink, writable_root)));
     let status = match outcome {
         Ok(Ok(status)) => status,
         Ok(Err(msg)) => report(&sink, &msg),
@@ -102,10 +103,10 @@ fn report(sink: &FrameSink<File>, msg: &str) -> i32 {
 }
 
 /// Everything after the channel is up. `Err` is a message for an Error frame.
-fn serve(_sink: &Arc<FrameSink<File>>) -> Result<i32, String> {
+fn serve(_sink: &Arc<FrameSink<File>>, writable_root: bool) -> Result<i32, String> {
     let spec = config::load_spec(SPEC_PATH).map_err(|e| e.to_string())?;
     console::trace("spec loaded");
-    let warnings = rootfs::build(&spec).map_err(|e| e.to_string())?;
+    let warnings = rootfs::build(&spec, writable_root).map_err(|e| e.to_string())?;
     console::trace("root file system built");
     for w in warnings {
         console::say(&format!("warning: {w}"));
@@ -121,7 +122,6 @@ fn serve(_sink: &Arc<FrameSink<File>>) -> Result<i32, String> {
     let _ = host::loopback_up();
     let _ = host::set_hostname("hutch");
     console::trace("loopback up");
-    let _ = mounts::remount_root_readonly();
     ports::milestone(Milestone::Mounted);
     console::trace("mounted");
 

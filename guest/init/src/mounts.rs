@@ -29,6 +29,11 @@ pub enum MountError {
     },
     /// Detaching a mount failed.
     Umount { path: String, err: io::Error },
+    /// Changing the root or working directory to `path` failed.
+    Chroot { path: String, err: io::Error },
+    /// The overlay root could not be set up (the cause says where); the
+    /// guest falls back to the read-only root. Reported as a warning.
+    ReadOnlyRoot(Box<MountError>),
 }
 
 impl fmt::Display for MountError {
@@ -39,6 +44,10 @@ impl fmt::Display for MountError {
             Self::ReadDir { path, err } => write!(f, "list {path}: {err}"),
             Self::Symlink { link, target, err } => write!(f, "symlink {link} -> {target}: {err}"),
             Self::Umount { path, err } => write!(f, "detach {path}: {err}"),
+            Self::Chroot { path, err } => write!(f, "change root to {path}: {err}"),
+            Self::ReadOnlyRoot(cause) => {
+                write!(f, "no writable root, the root is read-only: {cause}")
+            }
         }
     }
 }
@@ -53,6 +62,36 @@ pub fn mkdir_p(path: &Path) -> Result<(), MountError> {
         path: show(path),
         err,
     })
+}
+
+/// `mkdir -p`, then sets the last directory's mode (`umask` aside).
+pub fn mkdir_mode(path: &Path, mode: u32) -> Result<(), MountError> {
+    use std::os::unix::fs::PermissionsExt;
+    mkdir_p(path)?;
+    let perms = std::fs::Permissions::from_mode(mode);
+    std::fs::set_permissions(path, perms).map_err(|err| MountError::Mkdir {
+        path: show(path),
+        err,
+    })
+}
+
+/// Moves the mount at `from` to `to` (`MS_MOVE`).
+pub fn move_mount(from: &Path, to: &Path) -> Result<(), MountError> {
+    let what = format!("move of {}", show(from));
+    mount(&what, from, to, None, libc::MS_MOVE, None)
+}
+
+/// Makes the working directory the root (`chroot(".")`, then `chdir("/")`),
+/// as `switch_root` does after moving the new root onto `/`; `shown` names
+/// that directory in errors.
+pub fn chroot_to_cwd(shown: &Path) -> Result<(), MountError> {
+    let err = |err| MountError::Chroot {
+        path: show(shown),
+        err,
+    };
+    // SAFETY: the argument is a NUL-terminated literal.
+    check(unsafe { libc::chroot(c".".as_ptr()) }).map_err(err)?;
+    std::env::set_current_dir("/").map_err(err)
 }
 
 /// One `mount(2)` call. `what` describes it for the error message.

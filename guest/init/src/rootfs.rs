@@ -1,5 +1,7 @@
-//! The guest's root file system: the initramfs, with the host's system
-//! directories bound in read-only, tmpfs where programs write, and the
+//! The guest's root file system: an overlay of the host's system directories
+//! (the read-only share) under a tmpfs (see [`crate::overlay`]), or, where
+//! overlayfs fails or `hutch.root=ro` asks for it, the initramfs with those
+//! directories bound in read-only; then tmpfs where programs write, and the
 //! workspace.
 
 use std::os::unix::ffi::OsStrExt;
@@ -7,10 +9,12 @@ use std::path::{Path, PathBuf};
 
 use hutch_proto::{RunSpec, ROOT_TAG, WORKSPACE_TAG};
 
-use crate::mounts::{detach, mkdir_p, mount, tmpfs, MountError};
+use crate::mounts::{detach, mkdir_p, mount, remount_root_readonly, tmpfs, MountError};
 use crate::sys::{path, show};
+use crate::{console, overlay};
 
-/// Where the read-only system share is mounted before it is spread over `/`.
+/// Where the read-only system share is mounted: the overlay's lower layer,
+/// or the source of the read-only binds over `/`.
 pub const SYS_DIR: &str = "/.hutch/sys";
 
 /// Top-level names of the share that are never bound over `/`: they hold the
@@ -134,9 +138,21 @@ fn symlink(link: &Path, target: &[u8]) -> Result<(), MountError> {
     }
 }
 
-/// Builds the root file system for `spec` (see the module docs). devpts and
-/// `/dev/shm` failures are returned in the warning list, not as errors.
-pub fn build(spec: &RunSpec) -> Result<Vec<MountError>, MountError> {
+/// Kernel command-line word that asks for the read-only root.
+pub const READ_ONLY_ARG: &str = "hutch.root=ro";
+
+/// Whether `cmdline` (the kernel's) asks for the read-only root.
+pub fn read_only_requested(cmdline: &[u8]) -> bool {
+    cmdline
+        .split(|b| b.is_ascii_whitespace())
+        .any(|w| w == READ_ONLY_ARG.as_bytes())
+}
+
+/// Builds the root file system for `spec` (see the module docs); `writable`
+/// says to try the overlay root. devpts and `/dev/shm` failures, and an
+/// overlay root that could not be built, are returned in the warning list,
+/// not as errors.
+pub fn build(spec: &RunSpec, writable: bool) -> Result<Vec<MountError>, MountError> {
     let sys = Path::new(SYS_DIR);
     mkdir_p(sys)?;
     let what = format!("virtiofs tag {ROOT_TAG} (read-only)");
@@ -148,15 +164,30 @@ pub fn build(spec: &RunSpec) -> Result<Vec<MountError>, MountError> {
         libc::MS_RDONLY | libc::MS_NODEV,
         None,
     )?;
-    for action in plan(sys, &read_entries(sys)?) {
-        apply(&action)?;
+    console::trace("root share mounted");
+    let mut warnings = Vec::new();
+    let overlaid = writable
+        && match overlay::mount_root(sys) {
+            Ok(()) => true,
+            Err(e) => {
+                warnings.push(MountError::ReadOnlyRoot(Box::new(e)));
+                false
+            }
+        };
+    if overlaid {
+        console::trace("overlay mounted");
+        overlay::switch_root(Path::new(overlay::NEW_ROOT), sys)?;
+        console::trace("root switched to the overlay");
+    } else {
+        for action in plan(sys, &read_entries(sys)?) {
+            apply(&action)?;
+        }
     }
     tmpfs(Path::new("/tmp"), "1777")?;
     tmpfs(Path::new("/run"), "0755")?;
     if !spec.home.is_empty() {
         tmpfs(path(&spec.home), "0700")?;
     }
-    let mut warnings = Vec::new();
     let pts = Path::new("/dev/pts");
     let devpts = mkdir_p(pts).and_then(|()| {
         let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
@@ -184,13 +215,24 @@ pub fn build(spec: &RunSpec) -> Result<Vec<MountError>, MountError> {
             None,
         )?;
     }
-    warnings.extend(detach(sys).err());
+    if !overlaid {
+        warnings.extend(detach(sys).err());
+        // Best effort, as before the overlay: rootfs may refuse.
+        let _ = remount_root_readonly();
+    }
     Ok(warnings)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_only_root_on_request() {
+        assert!(read_only_requested(b"console=ttyS0 hutch.root=ro quiet"));
+        assert!(!read_only_requested(b"console=ttyS0 hutch.root=rox"));
+        assert!(!read_only_requested(b""));
+    }
 
     fn e(name: &str, kind: EntryKind) -> (Vec<u8>, EntryKind) {
         (name.as_bytes().to_vec(), kind)
