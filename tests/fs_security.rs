@@ -117,7 +117,7 @@ fn host_swapper(ws: PathBuf, secret: PathBuf, stop: Arc<AtomicBool>, swaps: Arc<
     while !ws.join("y-stop").exists() && !stop.load(Ordering::Relaxed) && Instant::now() < deadline
     {
         i += 1;
-        let res = if i % 2 == 1 {
+        let res = if !i.is_multiple_of(2) {
             std::fs::write(ws.join("y.tmp"), "BENIGN-Y\n")
                 .and_then(|_| std::fs::rename(ws.join("y.tmp"), ws.join("y")))
         } else {
