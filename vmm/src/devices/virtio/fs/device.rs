@@ -19,7 +19,7 @@ use vm_memory::{Address, Bytes, GuestMemory};
 use super::config::{config_space, validate_tag, CONFIG_SPACE_LEN};
 use super::policy::PolicyFs;
 use super::stats::FsStats;
-use super::{FsError, Levers, ShareConfig, SharePolicy};
+use super::{DirStreams, FsError, Levers, ShareConfig, SharePolicy};
 
 /// How long the guest may cache names and attributes of the system root.
 const ROOT_CACHE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -199,7 +199,16 @@ impl FsDevice {
         let fs = match policy {
             // Files the guest creates belong to the user running hutch, whoever the guest
             // caller is (a guest chown still changes them when hutch may do it).
-            SharePolicy::Workspace => PolicyFs::passthrough(inner, true).with_levers(levers),
+            SharePolicy::Workspace => {
+                let fs = PolicyFs::passthrough(inner, true).with_levers(levers);
+                match DirStreams::new(&source) {
+                    Ok(dirs) => fs.with_dir_streams(dirs),
+                    Err(e) => {
+                        warn!("virtio-fs share {tag:?}: READDIR stays on the slow path: {e}");
+                        fs
+                    }
+                }
+            }
             SharePolicy::SystemRoot => {
                 let fs =
                     PolicyFs::system_root(inner, &source).map_err(|e| FsError::SourceAccess {

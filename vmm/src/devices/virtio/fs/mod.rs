@@ -7,11 +7,12 @@
 //!
 //! Files: `config.rs` (share description, config space), `device.rs` (the device and queue
 //! processing), `policy.rs` (the `FileSystem` wrapper enforcing a share's policy),
-//! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `fd_limit.rs` (RLIMIT_NOFILE), `inodes.rs` (inodes handed to the guest),
+//! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `fd_limit.rs` (RLIMIT_NOFILE), `dirs.rs` (the workspace's READDIR), `inodes.rs` (inodes handed to the guest),
 //! `vhost_user.rs` (vhost-user server), `error.rs`.
 
 mod config;
 mod device;
+mod dirs;
 mod error;
 mod fd_limit;
 mod inodes;
@@ -26,6 +27,7 @@ mod tests;
 
 pub use config::{ShareConfig, SharePolicy, CONFIG_SPACE_LEN, TAG_LEN};
 pub use device::{FsDevice, ShareFs};
+pub use dirs::{DirStreams, HostPath};
 pub use error::FsError;
 pub use levers::{Levers, LEVERS_ENV};
 pub use policy::{PolicyFs, ROOT_ALLOWLIST};

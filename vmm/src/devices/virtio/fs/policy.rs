@@ -24,6 +24,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
+use super::dirs::{DirStreams, HostPath};
 use super::inodes::IssuedInodes;
 use super::levers::Levers;
 use super::secrets::{file_id, FileId, MaskedFiles};
@@ -132,6 +133,7 @@ pub struct PolicyFs<F> {
     squash_creds: bool,
     restrict: Option<Restrictions>,
     levers: Levers,
+    dirs: Option<DirStreams>,
 }
 
 impl<F> PolicyFs<F> {
@@ -144,6 +146,7 @@ impl<F> PolicyFs<F> {
             squash_creds,
             restrict: None,
             levers: Levers::default(),
+            dirs: None,
         }
     }
 
@@ -160,6 +163,7 @@ impl<F> PolicyFs<F> {
                 root: (meta.dev(), meta.ino()),
             }),
             levers: Levers::default(),
+            dirs: None,
         })
     }
 
@@ -168,6 +172,21 @@ impl<F> PolicyFs<F> {
     pub fn with_levers(mut self, levers: Levers) -> Self {
         self.levers = levers;
         self
+    }
+
+    /// Answers plain READDIR on the workspace from descriptors of its own
+    /// (see dirs.rs); the system root keeps its filtered listing.
+    pub fn with_dir_streams(mut self, dirs: DirStreams) -> Self {
+        if self.restrict.is_none() {
+            self.dirs = Some(dirs);
+        }
+        self
+    }
+
+    /// How many directory handles take the fast READDIR path.
+    #[cfg(test)]
+    pub fn fast_dir_handles(&self) -> usize {
+        self.dirs.as_ref().map_or(0, DirStreams::len)
     }
 
     /// How many secret files the restricted view masks by identity (0 for a workspace).
@@ -275,7 +294,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
 }
 
 #[allow(clippy::too_many_arguments)]
-impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
+impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyFs<F> {
     type Inode = u64;
     type Handle = u64;
 
@@ -632,7 +651,16 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
         flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         self.check(inode)?;
-        self.inner.opendir(ctx, inode, flags)
+        let (handle, opts) = self.inner.opendir(ctx, inode, flags)?;
+        if let (Some(dirs), Some(h)) = (&self.dirs, handle) {
+            if let (Ok(path), Ok((st, _))) = (
+                self.inner.host_path(inode),
+                self.inner.getattr(ctx, inode, None),
+            ) {
+                dirs.open(h, &path, (st.st_dev, st.st_ino));
+            }
+        }
+        Ok((handle, opts))
     }
 
     fn readdir(
@@ -645,6 +673,13 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
         let Some(r) = &self.restrict else {
+            if let Some(done) = self
+                .dirs
+                .as_ref()
+                .and_then(|d| d.read(handle, size, offset, add_entry))
+            {
+                return done;
+            }
             return self
                 .inner
                 .readdir(ctx, inode, handle, size, offset, add_entry);
@@ -730,6 +765,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for PolicyFs<F> {
     }
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
+        if let Some(dirs) = &self.dirs {
+            dirs.close(handle);
+        }
         self.inner.releasedir(ctx, inode, flags, handle)
     }
 
