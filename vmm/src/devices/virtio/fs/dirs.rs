@@ -97,7 +97,7 @@ impl DirStreams {
 
     /// How many handles take the fast path (for tests).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn open_handles(&self) -> usize {
         self.lock().len()
     }
 

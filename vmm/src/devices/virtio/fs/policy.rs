@@ -186,7 +186,7 @@ impl<F> PolicyFs<F> {
     /// How many directory handles take the fast READDIR path.
     #[cfg(test)]
     pub fn fast_dir_handles(&self) -> usize {
-        self.dirs.as_ref().map_or(0, DirStreams::len)
+        self.dirs.as_ref().map_or(0, DirStreams::open_handles)
     }
 
     /// How many secret files the restricted view masks by identity (0 for a workspace).
