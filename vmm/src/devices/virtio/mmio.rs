@@ -262,6 +262,7 @@ impl MmioTransport {
 
     fn reset(&mut self) {
         self.shared.active.store(false, Ordering::Release);
+        self.shared.dev.reset();
         for q in &self.shared.queues {
             q.lock().unwrap_or_else(|p| p.into_inner()).reset();
         }

@@ -53,6 +53,9 @@ pub trait VirtioDevice: Send + Sync {
     fn wake_event(&self) -> Option<(&EventFd, usize)> {
         None
     }
+    /// The driver reset the device (status 0): drop per-driver state such
+    /// as open connections. Queues are reset by the transport.
+    fn reset(&self) {}
 }
 
 /// Copies `cfg[offset..]` into `data`; bytes past the end read as zero.

@@ -9,7 +9,7 @@ use std::sync::Once;
 use log::warn;
 
 /// Below this many descriptors a large workspace can run out.
-const ENOUGH: u64 = 65_536;
+const ENOUGH: u64 = 8_192;
 
 static RAISED: Once = Once::new();
 

@@ -132,6 +132,18 @@ impl VsockDevice {
         self.malformed.load(Ordering::Relaxed)
     }
 
+    /// Ends every connection: the driver reset the device (see
+    /// `Muxer::reset`).
+    pub fn reset(&self) {
+        let ended = self.lock().reset();
+        if ended > 0 {
+            log::info!(
+                "virtio-vsock {}: device reset, {ended} connection(s) closed",
+                self.socket().display()
+            );
+        }
+    }
+
     /// The muxer's counters.
     pub fn stats(&self) -> MuxStats {
         self.lock().stats

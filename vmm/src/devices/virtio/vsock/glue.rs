@@ -43,4 +43,7 @@ impl VirtioDevice for VsockDevice {
     fn wake_event(&self) -> Option<(&EventFd, usize)> {
         Some((self.wake_fd(), RX_QUEUE))
     }
+    fn reset(&self) {
+        VsockDevice::reset(self);
+    }
 }

@@ -113,6 +113,24 @@ impl Muxer {
         self.conns.len() + self.clients.len()
     }
 
+    /// The guest reset the device: every connection ends at once (its host
+    /// stream is closed, so the peer sees EOF) and nothing queued for the
+    /// old driver is delivered to the new one. Returns how many ended.
+    pub fn reset(&mut self) -> usize {
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        let tokens: Vec<u64> = self.clients.keys().copied().collect();
+        let ended = keys.len() + tokens.len();
+        for key in keys {
+            self.close(key);
+        }
+        for token in tokens {
+            self.drop_client(token);
+        }
+        self.ready.clear();
+        self.ctrl.clear();
+        ended
+    }
+
     /// Whether a packet may be waiting for the receive queue.
     pub fn has_rx(&self) -> bool {
         !self.ctrl.is_empty() || !self.ready.is_empty()

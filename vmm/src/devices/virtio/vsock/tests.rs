@@ -472,3 +472,39 @@ fn the_socket_file_is_removed_and_a_stale_one_replaced() {
         Err(super::VsockError::NotSocket { .. })
     ));
 }
+
+#[test]
+fn a_device_reset_ends_every_connection() {
+    let mem = memory();
+    let mut g = Guest::new(&mem, 16);
+    // One guest-initiated connection, established.
+    let listener = listen(&g.port_path(6000));
+    g.send(stream_hdr(1234, 6000, OP_REQUEST), &[]);
+    g.recv_until("RESPONSE", |p| !p.is_empty());
+    let (mut from_guest, _) = listener.accept().unwrap();
+    // One host client that has not sent CONNECT yet.
+    let mut pending = UnixStream::connect(&g.path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.dev.connections() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the host client was never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    crate::devices::virtio::VirtioDevice::reset(&g.dev);
+
+    assert_eq!(g.dev.connections(), 0);
+    for s in [&mut from_guest, &mut pending] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).unwrap(), 0, "the host side sees EOF");
+    }
+    // Nothing queued for the old driver reaches the new one, and the device
+    // still serves new connections.
+    assert!(g.recv(4).is_empty());
+    g.send(stream_hdr(1235, 6000, OP_REQUEST), &[]);
+    let got = g.recv_until("RESPONSE after reset", |p| !p.is_empty());
+    assert_eq!(ops(&got), vec![OP_RESPONSE]);
+}

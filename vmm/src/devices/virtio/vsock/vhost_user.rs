@@ -64,9 +64,14 @@ impl VhostUserBackend for VhostUserVsock {
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::RESET_DEVICE
     }
 
     fn set_event_idx(&self, _enabled: bool) {}
+
+    fn reset_device(&self) {
+        self.dev.reset();
+    }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let cfg = self.dev.config_space();
