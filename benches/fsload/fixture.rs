@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! files/f0..f{files-1}   small files (LOOKUP, GETATTR, OPEN)
-//! big/e0..e{entries-1}   empty files (READDIRPLUS)
+//! big/e0..e{entries-1}   empty files (READDIR, READDIRPLUS)
 //! work/                  CREATE, RENAME, UNLINK
 //! read.dat, write.dat    READ and WRITE
 //! ```

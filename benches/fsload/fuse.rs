@@ -21,6 +21,7 @@ pub mod op {
     pub const RELEASE: u32 = 18;
     pub const INIT: u32 = 26;
     pub const OPENDIR: u32 = 27;
+    pub const READDIR: u32 = 28;
     pub const RELEASEDIR: u32 = 29;
     pub const CREATE: u32 = 35;
     pub const BATCH_FORGET: u32 = 42;
@@ -94,6 +95,7 @@ pub fn op_name(opcode: u32) -> &'static str {
         op::RELEASE => "RELEASE",
         op::INIT => "INIT",
         op::OPENDIR => "OPENDIR",
+        op::READDIR => "READDIR",
         op::RELEASEDIR => "RELEASEDIR",
         op::CREATE => "CREATE",
         op::BATCH_FORGET => "BATCH_FORGET",
@@ -115,7 +117,7 @@ pub struct Request {
     pub data_out: u32,
     /// Size of the reply's fixed struct (0: the header alone).
     pub reply_args: u32,
-    /// Size of the reply's pages (READ, READDIRPLUS).
+    /// Size of the reply's pages (READ, READDIR, READDIRPLUS).
     pub data_in: u32,
 }
 
@@ -221,7 +223,7 @@ impl Request {
         Self::new(opcode, node, a, 0)
     }
 
-    /// `struct fuse_read_in`, shared by READ and READDIRPLUS.
+    /// `struct fuse_read_in`, shared by READ, READDIR and READDIRPLUS.
     fn read_in(opcode: u32, node: u64, fh: u64, offset: u64, size: u32) -> Self {
         let mut a = Vec::new();
         put64(&mut a, fh);
@@ -238,6 +240,12 @@ impl Request {
 
     pub fn read(node: u64, fh: u64, offset: u64, size: u32) -> Self {
         Self::read_in(op::READ, node, fh, offset, size)
+    }
+
+    /// One page of names without attributes, as `getdents64` asks for when the guest
+    /// does not use READDIRPLUS (`fuse_use_readdirplus()` says no, or the server lacks it).
+    pub fn readdir(node: u64, fh: u64, offset: u64, size: u32) -> Self {
+        Self::read_in(op::READDIR, node, fh, offset, size)
     }
 
     /// One page of entries, as `getdents64` on a FUSE directory asks for.

@@ -93,6 +93,10 @@ fn fixed_argument_sizes() {
         (0, 8192, WRITE_OUT_LEN)
     );
     assert_eq!(Request::readdirplus(9, 1, 0, 4096).opcode, op::READDIRPLUS);
+    let rdd = Request::readdir(9, 77, 12, 4096);
+    assert_eq!((rdd.opcode, op_name(rdd.opcode)), (28, "READDIR"));
+    assert_eq!(rdd.args, Request::readdirplus(9, 77, 12, 4096).args);
+    assert_eq!((rdd.data_in, rdd.data_out, rdd.reply_args), (4096, 0, 0));
 }
 
 #[test]

@@ -126,7 +126,7 @@ pub fn open_target(
     server: Option<&mut Server>,
 ) -> Result<(Session, Ctx), String> {
     let opened = Session::open(socket, CONNECT_WAIT, depth, BIG_IO).and_then(|mut s| {
-        let ctx = Ctx::prepare(&mut s, fixture.files, fixture.file_len)?;
+        let ctx = Ctx::prepare(&mut s, fixture)?;
         Ok((s, ctx))
     });
     opened.map_err(|e| match server.map(|s| s.check()) {

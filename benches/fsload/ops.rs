@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use crate::fixture::{BIG_DIR, FILES_DIR, READ_FILE, WORK_DIR, WRITE_FILE};
+use crate::fixture::{FixtureSpec, BIG_DIR, FILES_DIR, READ_FILE, WORK_DIR, WRITE_FILE};
 use crate::fuse::{op, Request, ROOT_ID};
-use crate::reply::{entry_nodeid, open_fh, parse_direntplus, written, ReplyError};
+use crate::reply::{entry_nodeid, open_fh, parse_dirent, parse_direntplus, written, ReplyError};
 use crate::session::{Reply, Session, SessionError};
 
 /// Files one CREATE phase makes at most: every server then does the same work, and the
@@ -29,6 +29,8 @@ pub enum Op {
     Rename,
     /// UNLINK of each renamed file.
     Unlink,
+    /// READDIR of one page, over a directory of many entries: names only, no lookups.
+    Readdir,
     /// READDIRPLUS of one page, over a directory of many entries.
     Readdirplus,
     Read(u32),
@@ -45,6 +47,7 @@ pub fn all_ops(small: u32, big: u32) -> Vec<Op> {
         Op::CreateRelease,
         Op::Rename,
         Op::Unlink,
+        Op::Readdir,
         Op::Readdirplus,
         Op::Read(small),
         Op::Read(big),
@@ -71,6 +74,7 @@ impl Op {
             Op::CreateRelease => "CREATE+RELEASE".into(),
             Op::Rename => "RENAME".into(),
             Op::Unlink => "UNLINK".into(),
+            Op::Readdir => "READDIR 4 KiB".into(),
             Op::Readdirplus => "READDIRPLUS 4 KiB".into(),
             Op::Read(n) => format!("READ {}", size_name(*n)),
             Op::Write(n) => format!("WRITE {}", size_name(*n)),
@@ -80,6 +84,11 @@ impl Op {
     /// Rename and unlink work through what create made, however long that takes.
     pub fn timed(&self) -> bool {
         !matches!(self, Op::Rename | Op::Unlink)
+    }
+
+    /// The op walks `big/` through a directory handle.
+    fn lists_dir(&self) -> bool {
+        matches!(self, Op::Readdir | Op::Readdirplus)
     }
 }
 
@@ -97,6 +106,8 @@ pub struct Stream {
     fh: u64,
     node: u64,
     dir_off: u64,
+    /// Names READDIR listed since this pass over the directory began at offset 0.
+    dir_names: usize,
 }
 
 /// What a session knows of its fixture, and the names the phases made.
@@ -105,6 +116,8 @@ pub struct Ctx {
     files_dir: u64,
     files: Vec<u64>,
     big_dir: u64,
+    /// Names in `big/`, what each full READDIR pass must list.
+    entries: usize,
     work_dir: u64,
     read_file: u64,
     write_file: u64,
@@ -125,21 +138,21 @@ fn lookup(s: &mut Session, parent: u64, name: &str) -> Result<u64, SessionError>
 }
 
 impl Ctx {
-    /// Looks up the fixture's names (not measured); `files` is how many `files/f*` exist,
-    /// `file_len` the size of the read and write files.
-    pub fn prepare(s: &mut Session, files: usize, file_len: u64) -> Result<Self, SessionError> {
+    /// Looks up the fixture's names (not measured).
+    pub fn prepare(s: &mut Session, fixture: &FixtureSpec) -> Result<Self, SessionError> {
         let files_dir = lookup(s, ROOT_ID, FILES_DIR)?;
-        let nodes = (0..files)
+        let nodes = (0..fixture.files)
             .map(|i| lookup(s, files_dir, &format!("f{i}")))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             files_dir,
             files: nodes,
             big_dir: lookup(s, ROOT_ID, BIG_DIR)?,
+            entries: fixture.entries,
             work_dir: lookup(s, ROOT_ID, WORK_DIR)?,
             read_file: lookup(s, ROOT_ID, READ_FILE)?,
             write_file: lookup(s, ROOT_ID, WRITE_FILE)?,
-            file_len,
+            file_len: fixture.file_len,
             secctx: s.secctx(),
             created: 0,
             created_nodes: Vec::new(),
@@ -164,7 +177,9 @@ impl Ctx {
     /// The request opening what a stream works on (not measured).
     pub fn setup(&self, op: Op) -> Option<Request> {
         match op {
-            Op::Readdirplus => Some(Request::open(self.big_dir, libc::O_RDONLY as u32, true)),
+            Op::Readdir | Op::Readdirplus => {
+                Some(Request::open(self.big_dir, libc::O_RDONLY as u32, true))
+            }
             Op::Read(_) => Some(Request::open(self.read_file, libc::O_RDONLY as u32, false)),
             Op::Write(_) => Some(Request::open(self.write_file, libc::O_RDWR as u32, false)),
             _ => None,
@@ -174,19 +189,19 @@ impl Ctx {
     pub fn on_setup(&self, op: Op, st: &mut Stream, r: &Reply) -> Result<(), ReplyError> {
         st.fh = open_fh(&r.ok()?.args, 0, r.opcode)?;
         st.node = match op {
-            Op::Readdirplus => self.big_dir,
+            Op::Readdir | Op::Readdirplus => self.big_dir,
             Op::Read(_) => self.read_file,
             _ => self.write_file,
         };
         st.dir_off = 0;
+        st.dir_names = 0;
         Ok(())
     }
 
     /// Closes what `setup` opened (not measured).
     pub fn teardown(&self, op: Op, st: &Stream) -> Option<Request> {
         self.setup(op)?;
-        let dir = op == Op::Readdirplus;
-        Some(Request::release(st.node, st.fh, 0, dir))
+        Some(Request::release(st.node, st.fh, 0, op.lists_dir()))
     }
 
     fn file(&self, i: usize) -> u64 {
@@ -217,6 +232,7 @@ impl Ctx {
                 &format!("m{i}"),
             ),
             Op::Unlink => Request::unlink(self.work_dir, &format!("m{i}")),
+            Op::Readdir => Request::readdir(st.node, st.fh, st.dir_off, 4096),
             Op::Readdirplus => Request::readdirplus(st.node, st.fh, st.dir_off, 4096),
             Op::Read(n) => Request::read(st.node, st.fh, self.offset(i, n), n),
             Op::Write(n) => Request::write(st.node, st.fh, self.offset(i, n), n),
@@ -263,6 +279,7 @@ impl Ctx {
                 let flags = libc::O_WRONLY as u32;
                 return Ok(Next::Send(Request::release(node, fh, flags, false)));
             }
+            (Op::Readdir, _) => self.next_page(st, &r.data)?,
             (Op::Readdirplus, _) => {
                 let entries = parse_direntplus(&r.data)?;
                 for e in entries.iter().filter(|e| e.nodeid != 0 && !e.is_dot()) {
@@ -285,6 +302,29 @@ impl Ctx {
             _ => {}
         }
         Ok(Next::Done)
+    }
+
+    /// Follows one READDIR page: on to its last offset, or back to offset 0 at the end of
+    /// the directory, once the pass listed every name in `big/`.
+    fn next_page(&self, st: &mut Stream, page: &[u8]) -> Result<(), ReplyError> {
+        let entries = parse_dirent(page)?;
+        if let Some(last) = entries.last() {
+            st.dir_names += entries.iter().filter(|e| !e.is_dot()).count();
+            st.dir_off = last.off;
+            return Ok(());
+        }
+        if st.dir_names != self.entries {
+            return Err(ReplyError::Unexpected {
+                op: "READDIR",
+                what: format!(
+                    "a pass over {BIG_DIR}/ listed {} names, not {}",
+                    st.dir_names, self.entries
+                ),
+            });
+        }
+        st.dir_off = 0;
+        st.dir_names = 0;
+        Ok(())
     }
 
     /// Ends a phase: the lookup counts the guest would now drop.

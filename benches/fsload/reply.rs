@@ -8,6 +8,8 @@ use crate::fuse::{
 
 /// `struct fuse_dirent` without its name.
 const DIRENT_LEN: usize = 24;
+/// `FUSE_NAME_MAX`: Linux fails a READDIR reply with a longer name with EIO.
+const NAME_MAX: usize = 1024;
 
 /// Errors decoding a reply.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -28,8 +30,8 @@ pub enum ReplyError {
     Errno { op: &'static str, errno: i32 },
     #[error("{op}: {what}")]
     Unexpected { op: &'static str, what: String },
-    #[error("READDIRPLUS reply: malformed record at byte {at}")]
-    Dirent { at: usize },
+    #[error("{op} reply: malformed record at byte {at}")]
+    Dirent { op: &'static str, at: usize },
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -172,14 +174,20 @@ pub fn parse_direntplus(b: &[u8]) -> Result<Vec<DirentPlus>, ReplyError> {
     while at < b.len() {
         let fixed = ENTRY_OUT_LEN + DIRENT_LEN;
         if b.len() - at < fixed {
-            return Err(ReplyError::Dirent { at });
+            return Err(ReplyError::Dirent {
+                op: "READDIRPLUS",
+                at,
+            });
         }
         let nodeid = u64_at(b, at);
         let off = u64_at(b, at + ENTRY_OUT_LEN + 8);
         let namelen = u32_at(b, at + ENTRY_OUT_LEN + 16) as usize;
         let name_at = at + fixed;
         if namelen == 0 || namelen > b.len() - name_at {
-            return Err(ReplyError::Dirent { at });
+            return Err(ReplyError::Dirent {
+                op: "READDIRPLUS",
+                at,
+            });
         }
         out.push(DirentPlus {
             nodeid,
@@ -187,6 +195,56 @@ pub fn parse_direntplus(b: &[u8]) -> Result<Vec<DirentPlus>, ReplyError> {
             name: b[name_at..name_at + namelen].to_vec(),
         });
         at = name_at + ((namelen + 7) & !7);
+    }
+    Ok(out)
+}
+
+/// One `fuse_dirent` record (READDIR).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dirent {
+    /// What `getdents` reports as `d_ino`; no lookup is counted for it.
+    pub ino: u64,
+    /// Offset to continue from.
+    pub off: u64,
+    /// `d_type` (`DT_*`).
+    pub typ: u32,
+    pub name: Vec<u8>,
+}
+
+impl Dirent {
+    /// "." or "..".
+    pub fn is_dot(&self) -> bool {
+        self.name == b"." || self.name == b".."
+    }
+}
+
+/// Decodes a READDIR reply body: `fuse_dirent` records, each padded to 8 bytes. Refuses
+/// what Linux's `parse_dirfile()` refuses (an empty or over-long name, a '/' in it) and,
+/// where Linux would silently drop the rest of the page, a record cut short.
+pub fn parse_dirent(b: &[u8]) -> Result<Vec<Dirent>, ReplyError> {
+    let bad = |at| ReplyError::Dirent { op: "READDIR", at };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        if b.len() - at < DIRENT_LEN {
+            return Err(bad(at));
+        }
+        let namelen = u32_at(b, at + 16) as usize;
+        let reclen = (DIRENT_LEN + namelen + 7) & !7;
+        if namelen == 0 || namelen > NAME_MAX || reclen > b.len() - at {
+            return Err(bad(at));
+        }
+        let name = &b[at + DIRENT_LEN..at + DIRENT_LEN + namelen];
+        if name.contains(&b'/') {
+            return Err(bad(at));
+        }
+        out.push(Dirent {
+            ino: u64_at(b, at),
+            off: u64_at(b, at + 8),
+            typ: u32_at(b, at + 20),
+            name: name.to_vec(),
+        });
+        at += reclen;
     }
     Ok(out)
 }

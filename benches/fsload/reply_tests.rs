@@ -91,7 +91,78 @@ fn direntplus_records_are_walked_with_padding() {
     let cut = b.len() - 8;
     assert_eq!(
         parse_direntplus(&b[..cut]),
-        Err(ReplyError::Dirent { at: 160 })
+        Err(ReplyError::Dirent {
+            op: "READDIRPLUS",
+            at: 160
+        })
+    );
+}
+
+fn dirent(ino: u64, off: u64, typ: u32, name: &[u8]) -> Vec<u8> {
+    let mut b = ino.to_le_bytes().to_vec();
+    b.extend_from_slice(&off.to_le_bytes());
+    b.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    b.extend_from_slice(&typ.to_le_bytes());
+    b.extend_from_slice(name);
+    b.resize((b.len() + 7) & !7, 0);
+    b
+}
+
+#[test]
+fn dirent_records_are_walked_with_padding() {
+    let mut b = dirent(2, 1, 4, b".");
+    b.extend(dirent(1, 2, 4, b".."));
+    // 24 + 8 bytes: a name that fills its padding exactly.
+    b.extend(dirent(77, 3, 8, b"e1234567"));
+    b.extend(dirent(78, 4, 8, b"entry-name"));
+    assert_eq!(b.len(), 32 + 32 + 32 + 40);
+    let e = parse_dirent(&b).unwrap();
+    assert_eq!(e.len(), 4);
+    assert_eq!(
+        (e[0].ino, e[0].off, e[0].typ, &e[0].name[..]),
+        (2, 1, 4, &b"."[..])
+    );
+    assert_eq!(&e[1].name[..], b"..");
+    assert!(e[0].is_dot() && e[1].is_dot() && !e[2].is_dot() && !e[3].is_dot());
+    assert_eq!(
+        (e[2].ino, e[2].off, &e[2].name[..]),
+        (77, 3, &b"e1234567"[..])
+    );
+    assert_eq!(
+        (e[3].ino, e[3].off, e[3].typ, &e[3].name[..]),
+        (78, 4, 8, &b"entry-name"[..])
+    );
+    // The end of the directory: an empty page.
+    assert_eq!(parse_dirent(&[]).unwrap(), vec![]);
+    // The longest name Linux accepts.
+    let long = vec![b'x'; 1024];
+    assert_eq!(parse_dirent(&dirent(5, 9, 8, &long)).unwrap()[0].name, long);
+}
+
+#[test]
+fn malformed_dirent_records_are_refused() {
+    let bad = |at| Err(ReplyError::Dirent { op: "READDIR", at });
+    let two = [dirent(2, 1, 4, b"."), dirent(9, 2, 8, b"entry-name")].concat();
+    // A record cut in its fixed part, in its name, in its padding.
+    assert_eq!(parse_dirent(&two[..32 + 20]), bad(32));
+    assert_eq!(parse_dirent(&two[..32 + 28]), bad(32));
+    assert_eq!(parse_dirent(&two[..two.len() - 1]), bad(32));
+    // Trailing bytes too few for a record.
+    let mut tail = two.clone();
+    tail.extend_from_slice(&[0; 8]);
+    assert_eq!(parse_dirent(&tail), bad(72));
+    // An empty name, a name past FUSE_NAME_MAX, a name with a '/'.
+    assert_eq!(parse_dirent(&dirent(3, 1, 8, b"")), bad(0));
+    assert_eq!(parse_dirent(&dirent(3, 1, 8, &[b'x'; 1025])), bad(0));
+    let slash = [dirent(2, 1, 4, b"."), dirent(3, 2, 8, b"a/b")].concat();
+    assert_eq!(parse_dirent(&slash), bad(32));
+    // A namelen far past the page.
+    let mut huge = dirent(3, 1, 8, b"abc");
+    huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(parse_dirent(&huge), bad(0));
+    assert_eq!(
+        parse_dirent(&two[..8]).unwrap_err().to_string(),
+        "READDIR reply: malformed record at byte 0"
     );
 }
 

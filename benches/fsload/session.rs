@@ -47,7 +47,7 @@ pub struct Reply {
     pub header: OutHeader,
     /// The reply's fixed struct (as much as the request left room for).
     pub args: Vec<u8>,
-    /// The reply pages, copied for READDIRPLUS only.
+    /// The reply pages, copied for READDIR and READDIRPLUS only.
     pub data: Vec<u8>,
 }
 
@@ -212,7 +212,8 @@ impl Session {
                 .reply_bytes(&self.conn.mem, slot, f.reply_args)
                 .map_err(|e| self.slot_err(e))?;
             let header = OutHeader::parse(&h, f.opcode, f.unique).map_err(|e| self.reply_err(e))?;
-            let data = if f.opcode == op::READDIRPLUS && header.errno().is_none() {
+            let dir = matches!(f.opcode, op::READDIR | op::READDIRPLUS);
+            let data = if dir && header.errno().is_none() {
                 let len = header.body_len();
                 self.slots
                     .reply_data(&self.conn.mem, slot, len)
