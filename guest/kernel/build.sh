@@ -126,7 +126,8 @@ kver=$(make -s -C "$SRC" kernelversion 2>/dev/null || echo unknown)
 echo "      kernel version $kver"
 
 # ---------------------------------------------------------------- patch (x86_64)
-# The one patch (skipping the int3 self-test for PVM hosts) is x86-only.
+# The patches (skipping the int3 self-test for PVM hosts; FUSE keeping a
+# directory's permission attributes across entry changes) are x86-only for now.
 if [ "$ARCH" = x86_64 ]; then
 step "patch"
 shopt -s nullglob

@@ -22,6 +22,12 @@ pub const RECIPE: &[(&str, &str)] = &[
         "patches/0001-x86-alternative-skip-int3-selftest.patch",
         include_str!("../../../guest/kernel/patches/0001-x86-alternative-skip-int3-selftest.patch"),
     ),
+    (
+        "patches/0002-fuse-dir-change-keeps-permission-attrs.patch",
+        include_str!(
+            "../../../guest/kernel/patches/0002-fuse-dir-change-keeps-permission-attrs.patch"
+        ),
+    ),
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[

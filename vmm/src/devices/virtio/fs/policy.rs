@@ -301,7 +301,13 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
         // PassthroughFs asks for little; the server enables only flags both
         // sides want. See docs/fs-levers.md for what each one is worth.
-        Ok(self.inner.init(capable)? | (capable & EXTRA_INIT_FLAGS))
+        let mut flags = self.inner.init(capable)? | (capable & EXTRA_INIT_FLAGS);
+        if self.restrict.is_some() {
+            // The read-only root: the guest keeps symlink targets in its page
+            // cache (every exec resolves /bin, /lib64 and library links).
+            flags |= capable & FsOptions::CACHE_SYMLINKS;
+        }
+        Ok(flags)
     }
 
     fn destroy(&self) {
