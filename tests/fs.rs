@@ -123,6 +123,24 @@ per_engine!(stats_count_the_requests_a_command_makes, |e: Engine| {
         "the file's bytes went out: {bytes_out}"
     );
     assert!(o.stderr.contains("virtio-fs hutch-root:"), "{}", o.stderr);
+    // The read-only root: zero-message opens (OPEN answered ENOSYS once, no
+    // RELEASE) and no xattr reads after the first, however many files the
+    // guest's init and `cat` opened and exec'd through it.
+    let root_line = o
+        .stderr
+        .lines()
+        .position(|l| l.contains("virtio-fs hutch-root:"))
+        .unwrap();
+    let root_ops = o.stderr.lines().nth(root_line + 1).unwrap_or("");
+    let count = |op: &str| -> u64 {
+        root_ops
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(op)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("OPEN") <= 1 && count("RELEASE") == 0, "{root_ops}");
+    assert!(count("GETXATTR") <= 1, "{root_ops}");
+    assert!(count("READ") > 0, "the root was read: {root_ops}");
 });
 
 /// How long a host-side change may stay invisible in the guest: the

@@ -637,11 +637,20 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         size: u32,
     ) -> io::Result<GetxattrReply> {
         self.check(inode)?;
+        if self.restrict.is_some() {
+            // The read-only root shows no extended attributes: ENOSYS once
+            // and the guest stops asking (it read security.capability at
+            // every exec and overlayfs's own attributes at every lookup).
+            return Err(err(libc::ENOSYS));
+        }
         self.inner.getxattr(ctx, inode, name, size)
     }
 
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         self.check(inode)?;
+        if self.restrict.is_some() {
+            return Err(err(libc::ENOSYS));
+        }
         self.inner.listxattr(ctx, inode, size)
     }
 

@@ -475,3 +475,34 @@ fn host_device_nodes_in_a_share_cannot_be_opened() {
         libc::EACCES
     );
 }
+
+#[test]
+fn the_root_answers_no_xattrs_so_the_guest_stops_asking() {
+    let root = host_root();
+    let fs = system_root(root.path());
+    let tool = lookup(&fs, lookup(&fs, ROOT_ID, "usr").unwrap().inode, "bin")
+        .and_then(|bin| lookup(&fs, bin.inode, "tool"))
+        .unwrap();
+    assert_eq!(
+        fs.getxattr(&ctx(), tool.inode, c"security.capability", 0)
+            .err()
+            .and_then(|e| e.raw_os_error())
+            .unwrap(),
+        libc::ENOSYS
+    );
+    assert_eq!(
+        fs.listxattr(&ctx(), tool.inode, 0)
+            .err()
+            .and_then(|e| e.raw_os_error())
+            .unwrap(),
+        libc::ENOSYS
+    );
+    // Inodes the guest was never given are still refused first.
+    assert_eq!(
+        fs.getxattr(&ctx(), 999_999, c"user.x", 0)
+            .err()
+            .and_then(|e| e.raw_os_error())
+            .unwrap(),
+        libc::EBADF
+    );
+}
