@@ -30,23 +30,11 @@ fn upstream(body: &'static str) -> u16 {
 }
 
 fn hutch(cfg: &Path, state: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(hutch_bin())
-        .args(args)
+    let mut cmd = Command::new(hutch_bin());
+    cmd.args(args)
         .env("HUTCH_CONFIG_DIR", cfg)
-        .env("HUTCH_STATE_DIR", state)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(d) = stdin {
-        child.stdin.take().unwrap().write_all(d).unwrap();
-    }
-    child.wait_with_output().unwrap()
+        .env("HUTCH_STATE_DIR", state);
+    hutch_e2e::output_with_stdin(&mut cmd, stdin)
 }
 
 fn text(b: &[u8]) -> String {

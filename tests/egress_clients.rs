@@ -48,21 +48,7 @@ impl Sandbox {
     }
 
     fn hutch(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut child = self
-            .command(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(d) = stdin {
-            child.stdin.take().unwrap().write_all(d).unwrap();
-        }
-        child.wait_with_output().unwrap()
+        hutch_e2e::output_with_stdin(&mut self.command(args), stdin)
     }
 
     fn allow(&self, rule: &str) {

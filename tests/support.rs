@@ -304,3 +304,21 @@ macro_rules! per_engine {
         }
     };
 }
+
+/// Runs `cmd` with `stdin` fed in (or stdin closed), capturing its output.
+pub fn output_with_stdin(cmd: &mut Command, stdin: Option<&[u8]>) -> std::process::Output {
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if let Some(d) = stdin {
+        child.stdin.take().unwrap().write_all(d).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
