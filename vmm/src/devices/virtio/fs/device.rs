@@ -282,6 +282,20 @@ impl FsDevice {
         mem: &M,
         queue: &mut Queue,
     ) -> Result<bool, FsError> {
+        self.process_queue_signalling(mem, queue, None)
+    }
+
+    /// [`Self::process_queue`], but with `signal` the device interrupts the
+    /// driver after each request that needs it, as soon as it is used,
+    /// instead of once for the whole batch: a driver with several requests
+    /// in flight sees each completion without waiting for the slowest.
+    /// Returns whether a notification is still owed (never, with `signal`).
+    pub fn process_queue_signalling<M: GuestMemory>(
+        &self,
+        mem: &M,
+        queue: &mut Queue,
+        mut signal: Option<&mut dyn FnMut()>,
+    ) -> Result<bool, FsError> {
         let desc_table = queue.desc_table();
         let queue_err = |op, source| FsError::Queue {
             tag: self.tag.clone(),
@@ -314,6 +328,15 @@ impl FsDevice {
                     .add_used(mem, head, len)
                     .map_err(|e| queue_err("adding a used element", e))?;
                 used_now = true;
+                if let Some(signal) = signal.as_mut() {
+                    let notify = queue
+                        .needs_notification(mem)
+                        .map_err(|e| queue_err("checking whether to notify", e))?;
+                    if notify {
+                        self.stats.interrupt();
+                        signal();
+                    }
+                }
             }
             used_any |= used_now;
             if !queue.event_idx_enabled() {
@@ -328,7 +351,7 @@ impl FsDevice {
                 break;
             }
         }
-        if !used_any {
+        if !used_any || signal.is_some() {
             return Ok(false);
         }
         let notify = queue

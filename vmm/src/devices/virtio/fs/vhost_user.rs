@@ -38,6 +38,10 @@ impl VhostUserFs {
     }
 }
 
+/// Interrupt after each used request rather than once per drained batch
+/// (see `FsDevice::process_queue_signalling`).
+const PER_REQUEST_INTERRUPTS: bool = true;
+
 impl VhostUserBackend for VhostUserFs {
     type Bitmap = ();
     type Vring = VringRwLock<GuestMem>;
@@ -107,7 +111,21 @@ impl VhostUserBackend for VhostUserFs {
         };
         let mem = self.mem.memory();
         let mut state = vring.get_mut();
-        match self.dev.process_queue(&*mem, state.get_queue_mut()) {
+        let call = state.get_call().as_ref().and_then(|c| c.try_clone().ok());
+        let mut notify = || {
+            if let Some(c) = &call {
+                let _ = c.notify();
+            }
+        };
+        let signal: Option<&mut dyn FnMut()> = if PER_REQUEST_INTERRUPTS && call.is_some() {
+            Some(&mut notify)
+        } else {
+            None
+        };
+        match self
+            .dev
+            .process_queue_signalling(&*mem, state.get_queue_mut(), signal)
+        {
             Ok(true) => state.signal_used_queue(),
             Ok(false) => Ok(()),
             Err(e) => {

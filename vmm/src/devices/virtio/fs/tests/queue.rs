@@ -349,3 +349,27 @@ fn bad_share_configs_are_refused_with_their_tag_and_path() {
     // 36 bytes exactly is fine.
     FsDevice::new(cfg(&"t".repeat(36), dir.path().into())).unwrap();
 }
+
+#[test]
+fn with_a_signal_each_used_request_is_announced_at_once() {
+    let (_dir, dev) = workspace();
+    let mem = guest_memory();
+    let mut drv = Driver::new(&mem);
+    let mut queue = drv.queue();
+    let init = drv.init();
+    assert!(dev.process_queue(&mem, &mut queue).unwrap());
+    expect_ok(&mut drv, &[init]);
+
+    // Three requests in one kick: three interrupts, none owed afterwards.
+    let pending: Vec<Pending> = (0..3)
+        .map(|_| lookup(&mut drv, ROOT_ID, "hello.txt"))
+        .collect();
+    let mut signals = 0;
+    let mut count = || signals += 1;
+    let owed = dev
+        .process_queue_signalling(&mem, &mut queue, Some(&mut count))
+        .unwrap();
+    assert!(!owed);
+    assert_eq!(signals, 3);
+    assert_eq!(expect_ok(&mut drv, &pending).len(), 3);
+}
