@@ -37,6 +37,7 @@ pub struct FsDevice {
     /// Chains answered with 0 bytes because they were malformed (for tests and metrics).
     malformed: AtomicU64,
     stats: FsStats,
+    irq_per_request: bool,
 }
 
 impl std::fmt::Debug for FsDevice {
@@ -234,7 +235,13 @@ impl FsDevice {
             server: Server::new(fs),
             malformed: AtomicU64::new(0),
             stats: FsStats::default(),
+            irq_per_request: workspace && levers.irq_per_request,
         })
+    }
+
+    /// Whether a vhost-user transport should interrupt per request (a lever).
+    pub fn irq_per_request(&self) -> bool {
+        self.irq_per_request
     }
 
     /// The share's tag.

@@ -38,10 +38,6 @@ impl VhostUserFs {
     }
 }
 
-/// Interrupt after each used request rather than once per drained batch
-/// (see `FsDevice::process_queue_signalling`).
-const PER_REQUEST_INTERRUPTS: bool = true;
-
 impl VhostUserBackend for VhostUserFs {
     type Bitmap = ();
     type Vring = VringRwLock<GuestMem>;
@@ -117,7 +113,7 @@ impl VhostUserBackend for VhostUserFs {
                 let _ = c.notify();
             }
         };
-        let signal: Option<&mut dyn FnMut()> = if PER_REQUEST_INTERRUPTS && call.is_some() {
+        let signal: Option<&mut dyn FnMut()> = if self.dev.irq_per_request() && call.is_some() {
             Some(&mut notify)
         } else {
             None
