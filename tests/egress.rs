@@ -181,18 +181,7 @@ per_engine!(
         let h = |args: &[&str]| hutch(cfg.path(), state.path(), args, None);
         // A bare repository served over HTTP (git's "dumb" protocol) on loopback.
         let srv = tempfile::tempdir().unwrap();
-        let git = |dir: &Path, args: &[&str]| {
-            let o = Command::new("git")
-                .args(args)
-                .current_dir(dir)
-                .env("GIT_AUTHOR_NAME", "t")
-                .env("GIT_AUTHOR_EMAIL", "t@t")
-                .env("GIT_COMMITTER_NAME", "t")
-                .env("GIT_COMMITTER_EMAIL", "t@t")
-                .output()
-                .expect("git (Debian package git)");
-            assert!(o.status.success(), "git {args:?}: {}", text(&o.stderr));
-        };
+        let git = hutch_e2e::git;
         let src = srv.path().join("src");
         std::fs::create_dir(&src).unwrap();
         git(&src, &["init", "-q"]);

@@ -167,18 +167,7 @@ fn assert_refused(sb: &Sandbox, up: &Upstream, out: &str) {
 
 per_engine!(git_smart_http_clones_only_when_allowed, |e: Engine| {
     let sb = Sandbox::new();
-    let git = |dir: &Path, args: &[&str]| {
-        let o = Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@t")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@t")
-            .output()
-            .expect("git (Debian package git)");
-        assert!(o.status.success(), "git {args:?}: {}", text(&o.stderr));
-    };
+    let git = hutch_e2e::git;
     // A bare repository with no info/refs file: only the smart protocol
     // (git http-backend) can serve it.
     let up = Upstream::start(|root| {

@@ -322,3 +322,22 @@ pub fn output_with_stdin(cmd: &mut Command, stdin: Option<&[u8]>) -> std::proces
     }
     child.wait_with_output().unwrap()
 }
+
+/// Runs `git ARGS` in `dir` with a fixed identity; panics with git's stderr
+/// when it fails (the Debian package git must be installed).
+pub fn git(dir: &Path, args: &[&str]) {
+    let o = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t")
+        .output()
+        .expect("git (Debian package git)");
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
