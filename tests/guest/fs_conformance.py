@@ -50,13 +50,40 @@ def rename_over_existing(d):
     assert read(b) == b"new" and not os.path.exists(a)
 
 
+def link_fd(fd, d, name):
+    """linkat(AT_FDCWD, "/proc/self/fd/N", dir, name, AT_SYMLINK_FOLLOW), the
+    unprivileged way to name an O_TMPFILE file. (os.link with default dir fds
+    calls link(2), which never follows the /proc link.)"""
+    dfd = os.open(d, os.O_DIRECTORY)
+    try:
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
+    finally:
+        os.close(dfd)
+
+
 @check
 def tmpfile_and_linkat(d):
     fd = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o644)
     os.write(fd, b"anonymous")
-    os.link(f"/proc/self/fd/{fd}", os.path.join(d, "named"), follow_symlinks=True)
+    assert os.fstat(fd).st_size == 9 and os.fstat(fd).st_nlink == 0
+    assert os.listdir(d) == [], os.listdir(d)
+    link_fd(fd, d, "named")
+    os.write(fd, b" then named")
     os.close(fd)
-    assert read(os.path.join(d, "named")) == b"anonymous"
+    assert read(os.path.join(d, "named")) == b"anonymous then named"
+    # Never linked: nothing is left behind.
+    fd = os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o600)
+    os.write(fd, b"scratch")
+    os.close(fd)
+    # O_EXCL: may never get a name.
+    fd = os.open(d, os.O_TMPFILE | os.O_RDWR | os.O_EXCL, 0o600)
+    try:
+        link_fd(fd, d, "excl")
+        raise AssertionError("an O_EXCL tmpfile was linked")
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+    assert os.listdir(d) == ["named"], os.listdir(d)
 
 
 @check

@@ -4,7 +4,10 @@
 use std::fs;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use fuse_backend_rs::abi::fuse_abi::{CreateIn, EntryOut, InHeader, OpenOut, OutHeader};
+use fuse_backend_rs::api::filesystem::Context;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
@@ -21,6 +24,9 @@ use super::policy::PolicyFs;
 use super::stats::FsStats;
 use super::{DirStreams, FsError, Levers, ShareConfig, SharePolicy};
 
+/// The FUSE opcode of an unnamed file (O_TMPFILE), which fuse-backend-rs does not know.
+const FUSE_TMPFILE: u32 = 51;
+
 /// How long the guest may cache names and attributes of the system root.
 const ROOT_CACHE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 // The workspace's timeout is a lever (levers.rs): host edits show within it.
@@ -33,7 +39,9 @@ pub type ShareFs = PolicyFs<PassthroughFs>;
 pub struct FsDevice {
     tag: String,
     policy: SharePolicy,
-    server: Server<ShareFs>,
+    server: Server<Arc<ShareFs>>,
+    /// The same file system, for the requests fuse-backend-rs has no call for.
+    fs: Arc<ShareFs>,
     /// Chains answered with 0 bytes because they were malformed (for tests and metrics).
     malformed: AtomicU64,
     stats: FsStats,
@@ -201,7 +209,7 @@ impl FsDevice {
             path: source.clone(),
             source: e,
         })?;
-        let fs = match policy {
+        let fs = Arc::new(match policy {
             // Files the guest creates belong to the user running hutch, whoever the guest
             // caller is (a guest chown still changes them when hutch may do it).
             SharePolicy::Workspace => {
@@ -228,15 +236,22 @@ impl FsDevice {
                 );
                 fs
             }
-        };
+        });
         Ok(Self {
             tag,
             policy,
-            server: Server::new(fs),
+            server: Server::new(fs.clone()),
+            fs,
             malformed: AtomicU64::new(0),
             stats: FsStats::default(),
             irq_per_request: workspace && levers.irq_per_request,
         })
+    }
+
+    /// How many unnamed (O_TMPFILE) files the guest holds.
+    #[cfg(test)]
+    pub fn tmp_files(&self) -> usize {
+        self.fs.tmp_files()
     }
 
     /// Whether a vhost-user transport should interrupt per request (a lever).
@@ -406,16 +421,65 @@ impl FsDevice {
             Ok(w) => w,
             Err(e) => return self.malformed(head, "its writable part", &e),
         };
-        match self
-            .server
-            .handle_message(reader, writer.into(), None, None)
-        {
+        let handled = if opcode == FUSE_TMPFILE {
+            self.tmpfile(reader, writer)
+        } else {
+            self.server
+                .handle_message(reader, writer.into(), None, None)
+                .map_err(|e| io::Error::other(e.to_string()))
+        };
+        match handled {
             Ok(len) => {
                 self.stats.request(opcode, bytes_in, len, started.elapsed());
                 u32::try_from(len).unwrap_or(u32::MAX)
             }
             Err(e) => self.malformed(head, "the FUSE request", &e),
         }
+    }
+
+    /// FUSE_TMPFILE, which fuse-backend-rs does not parse: `fuse_create_in`
+    /// and a name (ignored), answered like CREATE with an entry and a handle.
+    fn tmpfile<B: vm_memory::bitmap::BitmapSlice>(
+        &self,
+        mut reader: Reader<'_, B>,
+        mut writer: VirtioFsWriter<'_, B>,
+    ) -> io::Result<usize> {
+        let header: InHeader = reader.read_obj()?;
+        let reply = match reader.read_obj::<CreateIn>() {
+            Ok(args) => {
+                let ctx = Context {
+                    uid: header.uid,
+                    gid: header.gid,
+                    pid: header.pid as libc::pid_t,
+                };
+                self.fs.tmpfile(&ctx, header.nodeid, args)
+            }
+            Err(_) => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        let out = |len: usize, error: i32| OutHeader {
+            len: len as u32,
+            error,
+            unique: header.unique,
+        };
+        match reply {
+            Ok((entry, handle)) => {
+                let len = std::mem::size_of::<OutHeader>()
+                    + std::mem::size_of::<EntryOut>()
+                    + std::mem::size_of::<OpenOut>();
+                writer.write_obj(out(len, 0))?;
+                writer.write_obj(EntryOut::from(entry))?;
+                writer.write_obj(OpenOut {
+                    fh: handle,
+                    open_flags: 0,
+                    passthrough: 0,
+                })?;
+            }
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                writer.write_obj(out(std::mem::size_of::<OutHeader>(), -errno))?;
+            }
+        }
+        Ok(writer.bytes_written())
     }
 
     fn malformed(&self, head: u16, what: &str, e: &dyn std::fmt::Display) -> u32 {

@@ -74,19 +74,23 @@ impl DirStreams {
     /// `host_path` whose identity is `(dev, ino)`. Returns whether READDIR on
     /// the handle now takes the fast path.
     pub fn open(&self, handle: u64, host_path: &Path, id: (u64, u64)) -> bool {
-        let Ok(rel) = host_path.strip_prefix(&self.root_path) else {
+        let Some(file) = self.dir(host_path, id) else {
             return false;
         };
-        let Some(file) = self.open_beneath(rel) else {
-            return false;
-        };
+        self.lock()
+            .insert(handle, Arc::new(Mutex::new(Stream::new(file))));
+        true
+    }
+
+    /// A descriptor of the directory at `host_path`, opened beneath the
+    /// share's root without following any symlink, and only if it is still
+    /// the directory whose identity is `(dev, ino)`.
+    pub fn dir(&self, host_path: &Path, id: (u64, u64)) -> Option<File> {
+        let rel = host_path.strip_prefix(&self.root_path).ok()?;
+        let file = self.open_beneath(rel)?;
         match file.metadata() {
-            Ok(m) if m.is_dir() && (m.dev(), m.ino()) == id => {
-                self.lock()
-                    .insert(handle, Arc::new(Mutex::new(Stream::new(file))));
-                true
-            }
-            _ => false,
+            Ok(m) if m.is_dir() && (m.dev(), m.ino()) == id => Some(file),
+            _ => None,
         }
     }
 

@@ -7,7 +7,7 @@
 //!
 //! Files: `config.rs` (share description, config space), `device.rs` (the device and queue
 //! processing), `policy.rs` (the `FileSystem` wrapper enforcing a share's policy),
-//! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `fd_limit.rs` (RLIMIT_NOFILE), `dirs.rs` (the workspace's READDIR), `inodes.rs` (inodes handed to the guest),
+//! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `fd_limit.rs` (RLIMIT_NOFILE), `dirs.rs` (the workspace's READDIR), `inodes.rs` (inodes handed to the guest), `tmpfiles.rs` (O_TMPFILE files),
 //! `vhost_user.rs` (vhost-user server), `error.rs`.
 
 mod config;
@@ -20,6 +20,7 @@ mod levers;
 mod policy;
 mod secrets;
 mod stats;
+mod tmpfiles;
 mod vhost_user;
 
 #[cfg(test)]

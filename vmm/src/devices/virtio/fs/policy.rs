@@ -28,6 +28,7 @@ use super::dirs::{DirStreams, HostPath};
 use super::inodes::IssuedInodes;
 use super::levers::Levers;
 use super::secrets::{file_id, FileId, MaskedFiles};
+use super::tmpfiles::{is_tmp, TmpFiles};
 
 /// The only names that exist at the root of the system-root share.
 pub const ROOT_ALLOWLIST: &[&CStr] = &[
@@ -134,6 +135,8 @@ pub struct PolicyFs<F> {
     restrict: Option<Restrictions>,
     levers: Levers,
     dirs: Option<DirStreams>,
+    /// Unnamed files (O_TMPFILE) the guest holds; workspace with DirStreams only.
+    tmp: TmpFiles,
 }
 
 impl<F> PolicyFs<F> {
@@ -147,6 +150,7 @@ impl<F> PolicyFs<F> {
             restrict: None,
             levers: Levers::default(),
             dirs: None,
+            tmp: TmpFiles::default(),
         }
     }
 
@@ -164,6 +168,7 @@ impl<F> PolicyFs<F> {
             }),
             levers: Levers::default(),
             dirs: None,
+            tmp: TmpFiles::default(),
         })
     }
 
@@ -187,6 +192,12 @@ impl<F> PolicyFs<F> {
     #[cfg(test)]
     pub fn fast_dir_handles(&self) -> usize {
         self.dirs.as_ref().map_or(0, DirStreams::open_handles)
+    }
+
+    /// How many unnamed (O_TMPFILE) files the guest holds.
+    #[cfg(test)]
+    pub fn tmp_files(&self) -> usize {
+        self.tmp.len()
     }
 
     /// How many secret files the restricted view masks by identity (0 for a workspace).
@@ -293,6 +304,35 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
     }
 }
 
+impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> PolicyFs<F> {
+    /// A host descriptor of the workspace directory `inode`, opened beneath
+    /// the share's root and identity-checked (dirs.rs).
+    fn host_dir(&self, ctx: &Context, inode: u64) -> io::Result<fs::File> {
+        let dirs = self.dirs.as_ref().ok_or_else(|| err(libc::ENOSYS))?;
+        let path = self.inner.host_path(inode)?;
+        let (st, _) = self.inner.getattr(ctx, inode, None)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(err(libc::ENOTDIR));
+        }
+        dirs.dir(&path, (st.st_dev, st.st_ino))
+            .ok_or_else(|| err(libc::ENOENT))
+    }
+
+    /// FUSE_TMPFILE (fuse-backend-rs has no such call; the device routes it
+    /// here): an unnamed file in the directory `parent`, see tmpfiles.rs.
+    /// Returns its entry and an open handle. ENOSYS where unsupported makes
+    /// the guest answer EOPNOTSUPP from then on.
+    pub fn tmpfile(&self, ctx: &Context, parent: u64, args: CreateIn) -> io::Result<(Entry, u64)> {
+        self.writable()?;
+        if is_tmp(parent) {
+            return Err(err(libc::ENOTDIR));
+        }
+        let dir = self.host_dir(ctx, parent)?;
+        let mode = safe_mode(args.mode & !args.umask, false);
+        self.tmp.create(&dir, args.flags, mode, self.levers.timeout)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyFs<F> {
     type Inode = u64;
@@ -348,6 +388,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
     }
 
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
+        if is_tmp(inode) {
+            return self.tmp.forget(inode, count);
+        }
         let count = match &self.restrict {
             Some(r) => r.issued.forget(inode, count),
             None => count,
@@ -364,7 +407,14 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
                 .map(|(inode, count)| (inode, r.issued.forget(inode, count)))
                 .filter(|&(_, count)| count > 0)
                 .collect(),
-            None => requests,
+            None => {
+                let (tmp, named): (Vec<_>, Vec<_>) =
+                    requests.into_iter().partition(|&(inode, _)| is_tmp(inode));
+                for (inode, count) in tmp {
+                    self.tmp.forget(inode, count);
+                }
+                named
+            }
         };
         self.inner.batch_forget(ctx, requests);
     }
@@ -375,6 +425,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         inode: u64,
         handle: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
+        if is_tmp(inode) {
+            return Ok((self.tmp.getattr(inode)?, self.levers.timeout));
+        }
         self.check(inode)?;
         self.inner.getattr(ctx, inode, handle)
     }
@@ -389,6 +442,10 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
         let mut attr = attr;
+        if is_tmp(inode) {
+            attr.st_mode = safe_mode(attr.st_mode, false);
+            return Ok((self.tmp.setattr(inode, &attr, valid)?, self.levers.timeout));
+        }
         if valid.contains(SetattrValid::MODE) {
             let (st, _) = self.inner.getattr(ctx, inode, handle)?;
             let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
@@ -478,6 +535,10 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
 
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
         self.writable()?;
+        if is_tmp(inode) {
+            let dir = self.host_dir(ctx, newparent)?;
+            return self.tmp.link(inode, &dir, newname, self.levers.timeout);
+        }
         self.inner.link(ctx, inode, newparent, newname)
     }
 
@@ -494,6 +555,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
             if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & WRITE_OPEN_FLAGS != 0 {
                 return Err(err(libc::EROFS));
             }
+        }
+        if is_tmp(inode) {
+            return Ok((Some(self.tmp.open(inode)?), OpenOptions::empty(), None));
         }
         self.not_a_device(ctx, inode)?;
         self.inner
@@ -526,6 +590,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
+        if is_tmp(handle) {
+            return self.tmp.read(handle, w, size, offset);
+        }
         self.check(inode)?;
         let flags = without_noatime(flags);
         self.inner
@@ -546,6 +613,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
+        if is_tmp(handle) {
+            return self.tmp.write(handle, r, size, offset);
+        }
         self.inner.write(
             ctx,
             inode,
@@ -570,10 +640,16 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
             // The workspace's lever: see levers.rs.
             return Err(err(libc::ENOSYS));
         }
+        if is_tmp(handle) {
+            return Ok(());
+        }
         self.inner.flush(ctx, inode, handle, lock_owner)
     }
 
     fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        if is_tmp(handle) {
+            return self.tmp.fsync(handle, datasync);
+        }
         self.check(inode)?;
         self.inner.fsync(ctx, inode, datasync, handle)
     }
@@ -588,6 +664,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         length: u64,
     ) -> io::Result<()> {
         self.writable()?;
+        if is_tmp(handle) {
+            return self.tmp.fallocate(handle, mode, offset, length);
+        }
         self.inner
             .fallocate(ctx, inode, handle, mode, offset, length)
     }
@@ -603,11 +682,18 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
         // Only frees a handle the guest opened; never refused, so nothing leaks.
+        if is_tmp(handle) {
+            self.tmp.release(handle);
+            return Ok(());
+        }
         self.inner
             .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
     }
 
     fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
+        if is_tmp(inode) {
+            return self.inner.statfs(ctx, ROOT_ID);
+        }
         self.check(inode)?;
         self.inner.statfs(ctx, inode)
     }
@@ -626,6 +712,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
             // host user runs it (the VMM runs as root in CI and may set it).
             return Err(err(libc::EPERM));
         }
+        if is_tmp(inode) {
+            return Err(err(libc::EOPNOTSUPP));
+        }
         self.inner.setxattr(ctx, inode, name, value, flags)
     }
 
@@ -643,6 +732,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
             // every exec and overlayfs's own attributes at every lookup).
             return Err(err(libc::ENOSYS));
         }
+        if is_tmp(inode) {
+            return self.tmp.getxattr(inode);
+        }
         self.inner.getxattr(ctx, inode, name, size)
     }
 
@@ -651,11 +743,17 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         if self.restrict.is_some() {
             return Err(err(libc::ENOSYS));
         }
+        if is_tmp(inode) {
+            return self.tmp.listxattr(inode, size);
+        }
         self.inner.listxattr(ctx, inode, size)
     }
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
+        if is_tmp(inode) {
+            return Err(err(libc::EOPNOTSUPP));
+        }
         self.inner.removexattr(ctx, inode, name)
     }
 
@@ -824,6 +922,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
                 return Err(err(libc::EROFS));
             }
         }
+        if is_tmp(inode) {
+            return self.tmp.exists(inode);
+        }
         self.inner.access(ctx, inode, mask)
     }
 
@@ -835,6 +936,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
+        if is_tmp(handle) {
+            return self.tmp.lseek(handle, offset, whence);
+        }
         self.check(inode)?;
         self.inner.lseek(ctx, inode, handle, offset, whence)
     }

@@ -147,12 +147,23 @@ impl<'a> Driver<'a> {
         body: &[u8],
         reply_lens: &[u32],
     ) -> Pending {
+        self.request_raw(opcode as u32, nodeid, body, reply_lens)
+    }
+
+    /// [`Self::request`] with an opcode fuse-backend-rs has no name for.
+    pub fn request_raw(
+        &mut self,
+        opcode: u32,
+        nodeid: u64,
+        body: &[u8],
+        reply_lens: &[u32],
+    ) -> Pending {
         let unique = self.next_unique;
         self.next_unique += 1;
         let total = size_of::<InHeader>() + body.len();
         let header = InHeader {
             len: total as u32,
-            opcode: opcode as u32,
+            opcode,
             unique,
             nodeid,
             uid: 0,

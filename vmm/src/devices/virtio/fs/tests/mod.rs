@@ -6,4 +6,5 @@ mod escape;
 mod fuse_driver;
 mod policy;
 mod queue;
+mod tmpfile;
 mod vhost_user;
