@@ -51,6 +51,7 @@ fn start_hutch() -> SocketAddr {
             .unwrap_or(2);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
+            .thread_name("hutch-proxy")
             .enable_all()
             .build()
             .expect("proxy runtime");

@@ -133,50 +133,87 @@ async fn io_op(
 }
 
 /// Moves bytes from `src` to `dst` until EOF, then half-closes `dst`.
+///
+/// Reading and writing overlap: each turn takes what `src` has into the
+/// pipe and gives what the pipe holds to `dst`, and waits only when neither
+/// can move, for whichever side would let it. Neither socket sits idle
+/// while the other drains.
 async fn pump(src: &dyn SpliceIo, dst: &dyn SpliceIo, count: &AtomicU64) -> io::Result<()> {
     let pipe = Pipe::new()?;
     let (s, d) = (src.as_raw_fd(), dst.as_raw_fd());
-    let mut fallback: Option<Vec<u8>> = None;
+    let (pr, pw) = (pipe.r.as_raw_fd(), pipe.w.as_raw_fd());
+    let (mut held, mut eof) = (0usize, false);
     loop {
-        let n = match fallback.as_mut() {
-            None => match io_op(src, false, || splice(s, pipe.w.as_raw_fd(), pipe.size)).await {
+        let mut moved = false;
+        if !eof && held < pipe.size {
+            match src.try_io_dyn(false, &mut || splice(s, pw, pipe.size - held)) {
+                Ok(0) => eof = true,
+                Ok(m) => {
+                    held += m;
+                    moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // EINVAL: this socket type cannot be spliced; copy instead.
                 Err(e)
                     if e.raw_os_error() == Some(libc::EINVAL)
+                        && held == 0
                         && count.load(Ordering::Relaxed) == 0 =>
                 {
-                    fallback = Some(vec![0u8; 256 * 1024]);
-                    continue;
+                    return copy_pump(src, dst, count).await;
                 }
-                r => r?,
-            },
-            Some(buf) => io_op(src, false, || read(s, buf)).await?,
-        };
-        if n == 0 {
+                Err(e) => return Err(e),
+            }
+        }
+        if held > 0 {
+            match dst.try_io_dyn(true, &mut || splice(pr, d, held)) {
+                Ok(m) => {
+                    held -= m;
+                    count.fetch_add(m as u64, Ordering::Relaxed);
+                    moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if eof && held == 0 {
             // SAFETY: shutdown on an open socket descriptor; it only
             // half-closes, the descriptor stays valid.
             unsafe { libc::shutdown(d, libc::SHUT_WR) };
             return Ok(());
         }
-        // Take what else is already there (without waiting), so each
-        // write moves as much as possible.
-        let mut n = n;
-        while fallback.is_none() && n < pipe.size {
-            match src.try_io_dyn(false, &mut || splice(s, pipe.w.as_raw_fd(), pipe.size - n)) {
-                Ok(m) if m > 0 => n += m,
-                // EOF or nothing more yet: the next read sees it again.
-                _ => break,
-            }
+        if !moved {
+            let (want_in, want_out) = (!eof && held < pipe.size, held > 0);
+            poll_fn(|cx| {
+                // An error counts as ready: the next splice reports it.
+                let rin = want_in && src.poll_ready(cx, false).is_ready();
+                let rout = want_out && dst.poll_ready(cx, true).is_ready();
+                if rin || rout {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+        }
+    }
+}
+
+/// [`pump`] for sockets the kernel will not splice: read, then write.
+async fn copy_pump(src: &dyn SpliceIo, dst: &dyn SpliceIo, count: &AtomicU64) -> io::Result<()> {
+    let (s, d) = (src.as_raw_fd(), dst.as_raw_fd());
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = io_op(src, false, || read(s, &mut buf)).await?;
+        if n == 0 {
+            // SAFETY: as in `pump`.
+            unsafe { libc::shutdown(d, libc::SHUT_WR) };
+            return Ok(());
         }
         let mut done = 0;
         while done < n {
-            let m = match fallback.as_ref() {
-                None => io_op(dst, true, || splice(pipe.r.as_raw_fd(), d, n - done)).await?,
-                Some(buf) => io_op(dst, true, || write(d, &buf[done..n])).await?,
-            };
-            done += m;
-            count.fetch_add(m as u64, Ordering::Relaxed);
+            done += io_op(dst, true, || write(d, &buf[done..n])).await?;
         }
+        count.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
