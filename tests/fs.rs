@@ -236,24 +236,6 @@ echo from-guest > back.txt; sync";
     }
 );
 
-/// Opcode counts of the workspace device from `--stats` output.
-fn workspace_ops(stderr: &str) -> std::collections::HashMap<String, u64> {
-    let at = stderr
-        .lines()
-        .position(|l| l.contains("virtio-fs hutch-ws:"))
-        .unwrap_or_else(|| panic!("no workspace stats in {stderr}"));
-    let by_op = stderr.lines().nth(at + 1).unwrap_or("");
-    by_op
-        .trim()
-        .trim_start_matches("by opcode:")
-        .split_whitespace()
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 per_engine!(
     creating_and_removing_files_costs_no_parent_getattr,
     |e: Engine| {
@@ -271,7 +253,7 @@ i=0; while [ $i -lt 100 ]; do rm d/f$i; i=$((i+1)); done; ls d | wc -l";
         let o = hutch_e2e::Hutch::new(args).output(None);
         assert_eq!(o.status, 0, "{}", o.stderr);
         assert_eq!(o.stdout_str(), "0\n");
-        let ops = workspace_ops(&o.stderr);
+        let ops = hutch_e2e::workspace_ops(&o.stderr);
         eprintln!("workspace requests: {ops:?}");
         let n = |op: &str| ops.get(op).copied().unwrap_or(0);
         assert_eq!(n("CREATE"), 100, "{ops:?}");

@@ -341,3 +341,21 @@ pub fn git(dir: &Path, args: &[&str]) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Opcode counts of the workspace device from `--stats` output.
+pub fn workspace_ops(stderr: &str) -> std::collections::HashMap<String, u64> {
+    let at = stderr
+        .lines()
+        .position(|l| l.contains("virtio-fs hutch-ws:"))
+        .unwrap_or_else(|| panic!("no workspace stats in {stderr}"));
+    let by_op = stderr.lines().nth(at + 1).unwrap_or("");
+    by_op
+        .trim()
+        .trim_start_matches("by opcode:")
+        .split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}

@@ -33,7 +33,18 @@ pub struct Levers {
     /// but the TCG guest's workloads were 6-20 % slower with it (more
     /// interrupts to take); docs/fs-levers.md.
     pub irq_per_request: bool,
+    /// FOPEN_CACHE_DIR with KEEP_CACHE on a workspace directory that has not
+    /// changed for [`SETTLED`]: the guest keeps the listing in its page cache
+    /// and lists it again without a request, until the directory's mtime
+    /// or its own change counter moves (checked at each rewind, with the
+    /// attribute timeout as the bound for host changes).
+    pub cache_dir: bool,
 }
+
+/// How long a directory's mtime must be in the past before its listing may
+/// be cached: a later change then always gives it a new mtime, even on a
+/// file system with coarse (up to 2 s) timestamps.
+pub const SETTLED: Duration = Duration::from_secs(2);
 
 impl Default for Levers {
     fn default() -> Self {
@@ -43,6 +54,7 @@ impl Default for Levers {
             writeback: false,
             timeout: Duration::from_secs(5),
             irq_per_request: false,
+            cache_dir: true,
         }
     }
 }
@@ -81,9 +93,11 @@ impl Levers {
                 "negative" => self.negative = on,
                 "writeback" => self.writeback = on,
                 "irq_per_request" => self.irq_per_request = on,
+                "cache_dir" => self.cache_dir = on,
                 _ => {
                     return Err(bad(
-                        "levers are flush, negative, writeback, irq_per_request, timeout=S",
+                        "levers are flush, negative, writeback, irq_per_request, cache_dir, \
+                         timeout=S",
                     ))
                 }
             }
@@ -99,11 +113,11 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         let d = Levers::default();
-        assert!(!d.flush && d.negative && !d.writeback);
+        assert!(!d.flush && d.negative && !d.writeback && d.cache_dir);
         let l = d
-            .apply("+flush, -negative,+writeback,+irq_per_request,timeout=0.5")
+            .apply("+flush, -negative,+writeback,+irq_per_request,-cache_dir,timeout=0.5")
             .unwrap();
-        assert!(l.flush && !l.negative && l.writeback && l.irq_per_request);
+        assert!(l.flush && !l.negative && l.writeback && l.irq_per_request && !l.cache_dir);
         assert_eq!(l.timeout, Duration::from_millis(500));
         assert_eq!(d.apply("").unwrap(), d);
     }

@@ -26,7 +26,7 @@ use fuse_backend_rs::transport::FsCacheReqHandler;
 
 use super::dirs::{DirStreams, HostPath};
 use super::inodes::IssuedInodes;
-use super::levers::Levers;
+use super::levers::{Levers, SETTLED};
 use super::secrets::{file_id, FileId, MaskedFiles};
 use super::tmpfiles::{is_tmp, TmpFiles};
 
@@ -93,6 +93,18 @@ fn safe_mode(mode: u32, is_dir: bool) -> u32 {
 /// them to the file with F_SETFL, so they lose it too.
 fn without_noatime(flags: u32) -> u32 {
     flags & !(libc::O_NOATIME as u32)
+}
+
+/// Whether `st`'s mtime is at least [`SETTLED`] in the past (see levers.rs).
+fn settled(st: &stat64) -> bool {
+    let mtime = std::time::UNIX_EPOCH
+        + Duration::new(
+            st.st_mtime.max(0) as u64,
+            st.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+        );
+    std::time::SystemTime::now()
+        .duration_since(mtime)
+        .is_ok_and(|age| age >= SETTLED)
 }
 
 fn err(errno: i32) -> io::Error {
@@ -764,14 +776,18 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         self.check(inode)?;
-        let (handle, opts) = self.inner.opendir(ctx, inode, flags)?;
-        if let (Some(dirs), Some(h)) = (&self.dirs, handle) {
-            if let (Ok(path), Ok((st, _))) = (
-                self.inner.host_path(inode),
-                self.inner.getattr(ctx, inode, None),
-            ) {
+        let (handle, mut opts) = self.inner.opendir(ctx, inode, flags)?;
+        if self.restrict.is_some() {
+            return Ok((handle, opts));
+        }
+        let st = self.inner.getattr(ctx, inode, None).map(|(st, _)| st);
+        if let (Some(dirs), Some(h), Ok(st)) = (&self.dirs, handle, &st) {
+            if let Ok(path) = self.inner.host_path(inode) {
                 dirs.open(h, &path, (st.st_dev, st.st_ino));
             }
+        }
+        if self.levers.cache_dir && st.is_ok_and(|st| settled(&st)) {
+            opts |= OpenOptions::CACHE_DIR | OpenOptions::KEEP_CACHE;
         }
         Ok((handle, opts))
     }

@@ -1,0 +1,108 @@
+//! The guest's directory cache on the workspace (the `cache_dir` lever): a
+//! directory whose mtime is settled is listed from the server once, and a
+//! host change to it still shows within the coherence bound.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use hutch_e2e::{per_engine, Engine};
+
+/// The workspace's attribute timeout (5 s) plus scheduling slack.
+const COHERENCE_BOUND_MS: u64 = 6_000;
+
+/// `ws/big` with `n` files, its mtime an hour old (settled).
+fn settled_dir(ws: &Path, n: usize) {
+    let big = ws.join("big");
+    std::fs::create_dir(&big).unwrap();
+    for i in 0..n {
+        std::fs::write(big.join(format!("entry-with-a-longish-name-{i:05}")), "").unwrap();
+    }
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::open(&big)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+}
+
+/// READDIR plus READDIRPLUS requests for `script`, with `levers` in
+/// HUTCH_FS_LEVERS (empty: the defaults); asserts the output.
+fn listing_requests(e: Engine, ws: &Path, script: &str, levers: &str, want: &str) -> u64 {
+    let argv: Vec<&OsStr> = ["sh", "-c", script].into_iter().map(OsStr::new).collect();
+    let mut args = hutch_e2e::run_args(e, ws, &argv);
+    args.insert(1, "--stats".into());
+    let mut h = hutch_e2e::Hutch::new(args);
+    h.cmd.env("HUTCH_FS_LEVERS", levers);
+    let o = h.output(None);
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    assert_eq!(o.stdout_str(), want);
+    let ops = hutch_e2e::workspace_ops(&o.stderr);
+    let n = |op: &str| ops.get(op).copied().unwrap_or(0);
+    n("READDIR") + n("READDIRPLUS")
+}
+
+per_engine!(
+    a_settled_directory_is_listed_from_the_server_once,
+    |e: Engine| {
+        let ws = hutch_e2e::workspace();
+        settled_dir(ws.path(), 1500);
+        let once = listing_requests(e, ws.path(), "ls big | wc -l", "", "1500\n");
+        let thrice = "ls big >/dev/null; ls -a big >/dev/null; ls big | wc -l";
+        let cached = listing_requests(e, ws.path(), thrice, "", "1500\n");
+        let uncached = listing_requests(e, ws.path(), thrice, "-cache_dir", "1500\n");
+        eprintln!("listing requests: one pass {once}, three passes {cached} (cache_dir), {uncached} (-cache_dir)");
+        assert!(once > 1, "1500 names fit in one reply? {once}");
+        assert_eq!(
+            cached, once,
+            "the second and third listings reached the server"
+        );
+        assert!(uncached >= 3 * once - 2, "{uncached} vs {once}");
+    }
+);
+
+per_engine!(
+    a_host_change_to_a_cached_listing_shows_within_the_bound,
+    |e: Engine| {
+        let ws = hutch_e2e::workspace();
+        settled_dir(ws.path(), 300);
+        let script = "ls big | wc -l; ls big | wc -l; : > ready
+i=0; while [ ! -e go ]; do sleep 0.05; i=$((i+1)); [ $i -gt 2400 ] && exit 9; done
+start=$(date +%s%N)
+while ! ls big | grep -qx from-host; do
+  now=$(date +%s%N); [ $(( (now-start)/1000000 )) -gt 20000 ] && { echo STALE; exit 3; }; sleep 0.05; done
+echo \"listed after $(( ($(date +%s%N)-start)/1000000 )) ms\"
+ls big | wc -l";
+        let argv: Vec<&OsStr> = ["sh", "-c", script].into_iter().map(OsStr::new).collect();
+        let mut h = hutch_e2e::Hutch::new(hutch_e2e::run_args(e, ws.path(), &argv));
+        let mut child = h
+            .cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !ws.path().join("ready").exists() {
+            assert!(Instant::now() < deadline, "the guest never got ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::write(ws.path().join("big/from-host"), "").unwrap();
+        std::fs::write(ws.path().join("go"), "").unwrap();
+        let (code, out, err) = hutch_e2e::collect(&mut child);
+        assert_eq!(code, Some(0), "{out}\n{err}");
+        let ms: u64 = out
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("listed after ")?
+                    .strip_suffix(" ms")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no timing in {out:?} / {err}"));
+        eprintln!("a host create in a cached listing showed after {ms} ms");
+        assert!(ms <= COHERENCE_BOUND_MS, "took {ms} ms");
+        assert!(out.starts_with("300\n300\n"), "{out}");
+        assert!(out.ends_with("301\n"), "{out}");
+        hutch_e2e::assert_no_leftovers(h.runtime.path());
+    }
+);
