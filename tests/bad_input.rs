@@ -225,4 +225,73 @@ fn hutch_killed_mid_run_leaves_nothing_behind() {
         })
         .collect();
     assert!(qemus.is_empty(), "qemu still running: {qemus:?}");
+    // Nor the file system backends (they die with hutch).
+    let source = format!("--source {}", ws.path().display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !hutch_e2e::processes_mentioning(&source).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fs backend still running: {:?}",
+            hutch_e2e::processes_mentioning(&source)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `hutch fs-backend` is started by hutch with a bound socket on descriptor
+/// 3; run by hand, or with a share it cannot serve, it says why on stdout.
+#[test]
+fn fs_backend_without_its_socket_or_with_a_bad_share() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = |source: &str, listener: Option<i32>| {
+        let mut cmd = std::process::Command::new(hutch_e2e::hutch_bin());
+        cmd.args([
+            "fs-backend",
+            "--tag",
+            "t",
+            "--source",
+            source,
+            "--policy",
+            "workspace",
+        ])
+        .stdin(Stdio::null());
+        // SAFETY: only async-signal-safe dup2/close between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                match listener {
+                    Some(fd) if libc::dup2(fd, 3) != 3 => {
+                        return Err(std::io::Error::last_os_error())
+                    }
+                    Some(_) => {}
+                    // A pipe on 3 must not pass for the socket.
+                    None => {
+                        let mut p = [0; 2];
+                        if libc::pipe(p.as_mut_ptr()) != 0 || libc::dup2(p[0], 3) != 3 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    let o = backend(dir.path().to_str().unwrap(), None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .starts_with("error no vhost-user socket on descriptor 3"),
+        "{o:?}"
+    );
+    let sock = dir.path().join("s.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let o = backend("/nonexistent/hutch-share", Some(listener.as_raw_fd()));
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("error ") && out.contains("/nonexistent/hutch-share"),
+        "{out}"
+    );
 }

@@ -151,69 +151,141 @@ fn caps_of(status: &str) -> (u64, u64, u64) {
 /// What the fs workers may keep: CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID.
 const WORKER_CAPS: u64 = 0x1f;
 
-/// Checks the capabilities of the hutch process's threads and what its descriptors
-/// point at, while its guest runs.
+/// The `fs-backend` processes hutch started (qemu engine), with their command lines.
+fn fs_backends(hutch: u32) -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (ppid == hutch && cmd.contains(" fs-backend ")).then_some((pid, cmd))
+        })
+        .collect()
+}
+
+/// Every thread's (comm, CapEff, CapPrm, CapBnd) of `pid`.
+fn thread_caps(pid: u32) -> Vec<(String, u64, u64, u64)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            let (eff, prm, bnd) = caps_of(&status);
+            Some((comm.trim().to_owned(), eff, prm, bnd))
+        })
+        .collect()
+}
+
+/// What `pid`'s descriptors point at.
+fn fd_targets(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|t| t.to_string_lossy().to_string())
+        .collect()
+}
+
+/// Fails if `t` is a host file the guest must never reach.
+fn assert_not_secret(who: &str, t: &str, l: &Layout) {
+    assert!(
+        !t.starts_with(&l.other.path().to_string_lossy().to_string())
+            && t != l.outer.path().join("secret").to_string_lossy()
+            && t != l.outer.path().to_string_lossy()
+            && !t.starts_with("/etc/shadow")
+            && !t.starts_with("/home"),
+        "{who} holds {t}"
+    );
+}
+
+/// Checks, while the guest runs, what the code serving its file systems
+/// holds: on the qemu engine, each share's `fs-backend` process (only a
+/// FUSE server's capabilities in every thread, no new privileges, an empty
+/// environment, and descriptors only into its share or of the vhost-user
+/// plumbing); on the native engine, the VMM's fs worker threads.
 fn inspect_vmm(pid: u32, l: &Layout) {
-    let mut confined = 0;
-    let mut lines = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue;
-        };
-        let (eff, prm, bnd) = caps_of(&status);
-        lines.push(format!(
-            "{:>8} {:<16} CapEff={eff:x} CapPrm={prm:x} CapBnd={bnd:x}",
-            task.file_name().to_string_lossy(),
-            comm.trim()
-        ));
-        if eff == WORKER_CAPS && prm == WORKER_CAPS && bnd == WORKER_CAPS {
-            assert_eq!(comm.trim(), "vring_worker", "only fs workers are confined");
-            confined += 1;
+    let ws = l.ws().to_string_lossy().to_string();
+    let backends = fs_backends(pid);
+    if backends.is_empty() {
+        // The native engine: the fs workers are threads of the VMM.
+        let threads = thread_caps(pid);
+        eprintln!("hutch threads: {threads:?}");
+        let confined = threads
+            .iter()
+            .filter(|(_, e, p, b)| (*e, *p, *b) == (WORKER_CAPS, WORKER_CAPS, WORKER_CAPS))
+            .inspect(|(comm, ..)| assert_eq!(comm, "vring_worker", "only fs workers are confined"))
+            .count();
+        if is_root() {
+            assert!(
+                confined >= 2,
+                "fs worker threads kept their capabilities: {threads:?}"
+            );
         }
+        for t in fd_targets(pid) {
+            assert_not_secret("hutch", &t, l);
+        }
+        return;
     }
-    eprintln!("hutch threads:\n{}", lines.join("\n"));
-    if is_root() {
-        // The request queues of both shares have served requests by now.
+    assert_eq!(backends.len(), 2, "one backend per share: {backends:?}");
+    let want = if is_root() { WORKER_CAPS } else { 0 };
+    for (bpid, cmd) in &backends {
+        let threads = thread_caps(*bpid);
+        eprintln!("{cmd}: threads {threads:?}");
+        for (comm, eff, prm, bnd) in &threads {
+            assert!(
+                *eff == want && *prm == want && (*bnd == WORKER_CAPS || !is_root()),
+                "{cmd}: thread {comm} CapEff={eff:x} CapPrm={prm:x} CapBnd={bnd:x}"
+            );
+        }
+        let status = std::fs::read_to_string(format!("/proc/{bpid}/status")).unwrap();
+        assert!(status.contains("NoNewPrivs:\t1"), "{cmd}: {status}");
+        let environ = std::fs::read(format!("/proc/{bpid}/environ")).unwrap();
         assert!(
-            confined >= 2,
-            "fs worker threads kept their capabilities:\n{}",
-            lines.join("\n")
+            environ.is_empty(),
+            "{cmd} inherited an environment: {}",
+            String::from_utf8_lossy(&environ)
         );
-    }
-    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-    {
-        let Ok(target) = std::fs::read_link(fd.path()) else {
-            continue;
-        };
-        let t = target.to_string_lossy().to_string();
-        assert!(
-            !t.starts_with(&l.other.path().to_string_lossy().to_string())
-                && t != l.outer.path().join("secret").to_string_lossy()
-                && t != l.outer.path().to_string_lossy()
-                && !t.starts_with("/etc/shadow")
-                && !t.starts_with("/home"),
-            "hutch holds {t}"
-        );
-        let kind = if t.starts_with('/') {
-            let ws = l.ws().to_string_lossy().to_string();
-            if t.starts_with(&ws) {
-                "workspace".to_string()
+        let is_ws = cmd.contains("--policy workspace");
+        let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+        for t in fd_targets(*bpid) {
+            assert_not_secret(cmd, &t, l);
+            let kind = if t.starts_with(&format!("/proc/{bpid}/")) {
+                "own /proc".to_string()
+            } else if t.starts_with("/memfd:") || t == "/dev/null" {
+                t.clone()
+            } else if t.starts_with('/') {
+                // The workspace backend reaches into the workspace only; the
+                // root backend into the root view (checked by the escapes above).
+                assert!(!is_ws || t.starts_with(&ws), "{cmd} holds {t}");
+                "share".to_string()
             } else {
-                t.split('/').take(2).collect::<Vec<_>>().join("/")
-            }
-        } else {
-            t.split(':').next().unwrap_or("").to_string()
-        };
-        *kinds.entry(kind).or_default() += 1;
+                let kind = t.split(':').next().unwrap_or("").to_string();
+                assert!(
+                    ["socket", "anon_inode", "pipe"].contains(&kind.as_str()),
+                    "{cmd} holds {t}"
+                );
+                kind
+            };
+            *kinds.entry(kind).or_default() += 1;
+        }
+        eprintln!("{cmd}: descriptors by kind {kinds:?}");
     }
-    eprintln!("hutch file descriptors by kind: {kinds:?}");
+    // The VMM itself holds nothing of the workspace any more.
+    for t in fd_targets(pid) {
+        assert_not_secret("hutch", &t, l);
+        assert!(!t.starts_with(&ws), "hutch holds {t}");
+    }
 }
 
 per_engine!(

@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod exec;
 #[cfg(feature = "aarch64")]
 pub mod fdt;
+pub mod fs_backend;
 pub mod kernel;
 pub mod link;
 pub mod policy;
@@ -67,6 +68,9 @@ pub enum Command {
     /// Benchmark probe: boot the native VM, stop after --guest-ms, print start-up time and VMM RSS.
     #[command(hide = true)]
     BenchBoot(BenchBootArgs),
+    /// One virtio-fs share served over vhost-user in a process of its own (the qemu engine starts it).
+    #[command(hide = true)]
+    FsBackend(fs_backend::FsBackendArgs),
     /// Test probe: write hutch's generated arm64 device tree to a file.
     #[cfg(feature = "aarch64")]
     #[command(hide = true)]
@@ -247,6 +251,7 @@ pub fn dispatch(cli: Cli, started: std::time::Instant) -> i32 {
         Command::Doctor => doctor::main(),
         Command::Selftest(a) => selftest::main(a, started),
         Command::BenchBoot(a) => bench::main(a, started),
+        Command::FsBackend(a) => fs_backend::main(a),
         #[cfg(feature = "aarch64")]
         Command::Fdt(a) => fdt::main(a),
     }

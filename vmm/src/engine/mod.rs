@@ -9,6 +9,7 @@
 
 pub mod console;
 pub mod detect;
+pub mod fs_backend;
 pub mod initramfs;
 pub mod native;
 pub mod qemu;
@@ -167,6 +168,8 @@ pub enum EngineError {
     },
     #[error("qemu failed: {0}")]
     Qemu(String),
+    #[error("file system backend for share {tag}: {message}")]
+    FsBackend { tag: String, message: String },
 }
 
 /// The engine that will actually run, after `auto` is decided.

@@ -1,6 +1,7 @@
 //! The qemu engine: `qemu-system-x86_64 -M microvm,acpi=off` booting the
 //! same kernel and init, with hutch's own virtio-fs devices served to it
-//! over vhost-user from this process, and its serial line on QEMU's stdio.
+//! over vhost-user by `hutch fs-backend` processes (fs_backend.rs), vsock
+//! from this process, and its serial line on QEMU's stdio.
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -12,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use hutch_proto::{Frame, FrameKind};
 
 use super::console::{pump_stdin, HostConsole};
+use super::fs_backend::FsBackend;
 use super::{detect, EngineError, VmOutcome, VmSpec};
 use crate::control::StopReason;
-use crate::devices::virtio::fs::{serve_vhost_user, FsDevice, SharePolicy};
+use crate::devices::virtio::fs::SharePolicy;
 use crate::devices::virtio::vsock::{serve_vhost_user_vsock, VsockConfig, VsockDevice};
 
 /// A private directory for the run's sockets and initramfs, removed on drop.
@@ -153,19 +155,20 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
 
     let mut sockets = Vec::new();
     let mut backends = Vec::new();
-    let mut fs_devs = Vec::new();
     let external_ws = std::env::var_os(EXTERNAL_WORKSPACE_ENV).map(PathBuf::from);
     for (i, share) in std::mem::take(&mut spec.shares).into_iter().enumerate() {
         if let (SharePolicy::Workspace, Some(sock)) = (share.policy, &external_ws) {
             sockets.push((external_backend(sock)?, share.tag));
             continue;
         }
-        let dev = Arc::new(FsDevice::new(share)?);
         let sock = rt.0.join(format!("fs{i}.sock"));
-        let tag = dev.tag().to_string();
-        fs_devs.push(dev.clone());
-        backends.push(serve_vhost_user(dev, &sock)?);
-        sockets.push((sock, tag));
+        backends.push(FsBackend::spawn(&share, &sock, spec.fs_stats)?);
+        sockets.push((sock, share.tag));
+    }
+    // The backends start side by side (the root's secrets scan overlaps the
+    // workspace's set-up); each says when it serves.
+    for b in &mut backends {
+        b.wait_ready()?;
     }
     // The device (and its host socket) lives until this function returns.
     let mut vsock_dev = None;
@@ -320,9 +323,7 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     finished.store(true, Ordering::SeqCst);
     let status = wait(&mut child);
     let _ = stderr_thread.join();
-    for b in backends {
-        let _ = b.join();
-    }
+    let fs_stats: Vec<String> = backends.into_iter().map(FsBackend::finish).collect();
     if let Some(b) = vsock_backend {
         let _ = b.join();
     }
@@ -355,10 +356,7 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
         phases: Vec::new(),
         vmm_rss_kib: None,
         fs_stats: if spec.fs_stats {
-            fs_devs
-                .iter()
-                .map(|d| d.stats().report(&format!("virtio-fs {}", d.tag())))
-                .collect()
+            fs_stats.into_iter().filter(|s| !s.is_empty()).collect()
         } else {
             Vec::new()
         },

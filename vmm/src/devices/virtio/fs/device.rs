@@ -57,84 +57,9 @@ impl std::fmt::Debug for FsDevice {
     }
 }
 
-fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions, touches no memory and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Capabilities a thread serving FUSE requests keeps (bit numbers from
-/// `linux/capability.h`): CHOWN (guest chown), DAC_OVERRIDE and DAC_READ_SEARCH (the VMM
-/// acts on every file of the share whatever its mode), FOWNER (chmod and utimens on files
-/// of other owners) and FSETID (PassthroughFs lowers and raises it around writes). Every
-/// other one is dropped: no SETUID/SETGID (creating calls never switch credentials, see
-/// `PolicyFs::passthrough`), no MKNOD, SETFCAP, SYS_ADMIN, NET_*, SYS_PTRACE, ...
-const WORKER_CAPS: u64 = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4);
-
-/// The highest capability number this code knows of (CAP_CHECKPOINT_RESTORE, Linux 5.9).
-const LAST_CAP: u32 = 40;
-
 thread_local! {
     /// Whether this thread has already given its capabilities up.
     static CONFINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-/// Keeps only `WORKER_CAPS` in the calling thread's effective, permitted and bounding sets
-/// (capabilities are per thread on Linux; the rest of the VMM keeps its own). A no-op when
-/// the VMM is not root: it then has no capabilities to give up.
-fn confine_worker_thread() -> io::Result<()> {
-    if !running_as_root() {
-        return Ok(());
-    }
-    for cap in 0..=LAST_CAP {
-        if WORKER_CAPS & (1 << cap) == 0 {
-            // SAFETY: PR_CAPBSET_DROP takes a capability number and touches no memory.
-            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-            // EINVAL: a capability this kernel does not have.
-            if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget with a version-3 header (pid 0: this thread) writes two `CapData`
-    // structs, which `data` holds.
-    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    for (i, d) in data.iter_mut().enumerate() {
-        let keep = (WORKER_CAPS >> (32 * i)) as u32;
-        d.effective &= keep;
-        d.permitted &= keep;
-        d.inheritable = 0;
-    }
-    // SAFETY: capset reads the version-3 header and two `CapData` structs; pid 0 is the
-    // calling thread.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 impl FsDevice {
@@ -392,7 +317,7 @@ impl FsDevice {
         if CONFINED.with(|c| c.replace(true)) {
             return;
         }
-        if let Err(e) = confine_worker_thread() {
+        if let Err(e) = super::confine::keep_fs_caps() {
             warn!(
                 "virtio-fs share {:?}: cannot drop the worker thread's capabilities: {e}",
                 self.tag

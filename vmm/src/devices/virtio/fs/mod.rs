@@ -6,11 +6,12 @@
 //! `vhost-user-fs-device`.
 //!
 //! Files: `config.rs` (share description, config space), `device.rs` (the device and queue
-//! processing), `policy.rs` (the `FileSystem` wrapper enforcing a share's policy),
+//! processing), `confine.rs` (capabilities a server keeps), `policy.rs` (the `FileSystem` wrapper enforcing a share's policy),
 //! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `fd_limit.rs` (RLIMIT_NOFILE), `dirs.rs` (the workspace's READDIR), `inodes.rs` (inodes handed to the guest), `tmpfiles.rs` (O_TMPFILE files),
 //! `vhost_user.rs` (vhost-user server), `error.rs`.
 
 mod config;
+mod confine;
 mod device;
 mod dirs;
 mod error;
@@ -27,10 +28,11 @@ mod vhost_user;
 mod tests;
 
 pub use config::{ShareConfig, SharePolicy, CONFIG_SPACE_LEN, TAG_LEN};
+pub use confine::{confine_process, KEPT_CAPS};
 pub use device::{FsDevice, ShareFs};
 pub use dirs::{DirStreams, HostPath};
 pub use error::FsError;
 pub use levers::{Levers, LEVERS_ENV};
 pub use policy::{PolicyFs, ROOT_ALLOWLIST};
 pub use stats::FsStats;
-pub use vhost_user::{serve_vhost_user, VhostUserFs, VhostUserHandle};
+pub use vhost_user::{serve_vhost_user, serve_vhost_user_on, VhostUserFs, VhostUserHandle};

@@ -165,6 +165,21 @@ impl VhostUserHandle {
 /// exactly one frontend connection in a background thread until it disconnects. The socket
 /// file is removed when the thread ends.
 pub fn serve_vhost_user(dev: Arc<FsDevice>, socket: &Path) -> Result<VhostUserHandle, FsError> {
+    let listener = Listener::new(socket, true).map_err(|e| FsError::VhostUserListen {
+        tag: dev.tag().to_owned(),
+        socket: socket.to_path_buf(),
+        source: e,
+    })?;
+    serve_vhost_user_on(dev, listener, socket)
+}
+
+/// [`serve_vhost_user`] on a socket already bound (by hutch's parent process, for the
+/// file system backend process; `socket` names it in errors).
+pub fn serve_vhost_user_on(
+    dev: Arc<FsDevice>,
+    listener: Listener,
+    socket: &Path,
+) -> Result<VhostUserHandle, FsError> {
     let tag = dev.tag().to_owned();
     let socket = socket.to_path_buf();
     let daemon_err = {
@@ -176,11 +191,6 @@ pub fn serve_vhost_user(dev: Arc<FsDevice>, socket: &Path) -> Result<VhostUserHa
         }
     };
 
-    let listener = Listener::new(&socket, true).map_err(|e| FsError::VhostUserListen {
-        tag: tag.clone(),
-        socket: socket.clone(),
-        source: e,
-    })?;
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let backend = Arc::new(VhostUserFs::new(dev, mem.clone()));
     let daemon =
