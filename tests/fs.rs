@@ -171,24 +171,7 @@ echo \"created seen after $(( ($(date +%s%N)-start)/1000000 )) ms\"
 ls new-from-host; [ -e gone ] && echo 'deleted file still visible' || echo 'delete seen'
 echo from-guest > back.txt; sync";
         std::fs::write(ws.path().join("gone"), "x").unwrap();
-        let words = ["sh", "-c", script];
-        let argv: Vec<&std::ffi::OsStr> = words.iter().map(std::ffi::OsStr::new).collect();
-        let mut h = hutch_e2e::Hutch::new(hutch_e2e::run_args(e, ws.path(), &argv));
-        let mut child = h
-            .cmd
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while !ws.path().join("ready").exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the guest never got ready"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let (h, mut child) = hutch_e2e::start_until_ready(e, ws.path(), script);
         // An in-place overwrite (same inode, new size), a create and a delete.
         std::fs::write(ws.path().join("f"), "second version, longer").unwrap();
         std::fs::write(ws.path().join("new-from-host"), "n").unwrap();
@@ -197,23 +180,9 @@ echo from-guest > back.txt; sync";
         std::fs::write(ws.path().join("go"), "").unwrap();
         let (code, out, err) = hutch_e2e::collect(&mut child);
         assert_eq!(code, Some(0), "{out}\n{err}");
-        let ms: u64 = out
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("seen after ")?
-                    .strip_suffix(" ms")?
-                    .parse()
-                    .ok()
-            })
+        let ms: u64 = hutch_e2e::ms_after(&out, "seen after ")
             .unwrap_or_else(|| panic!("no timing in {out:?} / {err}"));
-        let created_ms: u64 = out
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("created seen after ")?
-                    .strip_suffix(" ms")?
-                    .parse()
-                    .ok()
-            })
+        let created_ms: u64 = hutch_e2e::ms_after(&out, "created seen after ")
             .unwrap_or_else(|| panic!("no timing in {out:?} / {err}"));
         eprintln!(
             "host overwrite visible in the guest after {ms} ms, a create over a cached miss after {created_ms} ms"

@@ -98,20 +98,9 @@ fn crc32(data: &[u8]) -> u32 {
 fn qemu_of(pid: u32) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
-            let child: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
-            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-            let ppid: u32 = stat
-                .rsplit(')')
-                .next()?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            let cmd = std::fs::read(format!("/proc/{child}/cmdline")).ok()?;
-            (ppid == pid && String::from_utf8_lossy(&cmd).contains("qemu-system")).then_some(child)
-        });
+        let found = hutch_e2e::children_of(pid)
+            .into_iter()
+            .find_map(|(child, cmd)| cmd.contains("qemu-system").then_some(child));
         if let Some(q) = found {
             return q;
         }

@@ -4,7 +4,7 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use hutch_e2e::{per_engine, Engine};
 
@@ -72,32 +72,12 @@ while ! ls big | grep -qx from-host; do
   now=$(date +%s%N); [ $(( (now-start)/1000000 )) -gt 20000 ] && { echo STALE; exit 3; }; sleep 0.05; done
 echo \"listed after $(( ($(date +%s%N)-start)/1000000 )) ms\"
 ls big | wc -l";
-        let argv: Vec<&OsStr> = ["sh", "-c", script].into_iter().map(OsStr::new).collect();
-        let mut h = hutch_e2e::Hutch::new(hutch_e2e::run_args(e, ws.path(), &argv));
-        let mut child = h
-            .cmd
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !ws.path().join("ready").exists() {
-            assert!(Instant::now() < deadline, "the guest never got ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (h, mut child) = hutch_e2e::start_until_ready(e, ws.path(), script);
         std::fs::write(ws.path().join("big/from-host"), "").unwrap();
         std::fs::write(ws.path().join("go"), "").unwrap();
         let (code, out, err) = hutch_e2e::collect(&mut child);
         assert_eq!(code, Some(0), "{out}\n{err}");
-        let ms: u64 = out
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("listed after ")?
-                    .strip_suffix(" ms")?
-                    .parse()
-                    .ok()
-            })
+        let ms: u64 = hutch_e2e::ms_after(&out, "listed after ")
             .unwrap_or_else(|| panic!("no timing in {out:?} / {err}"));
         eprintln!("a host create in a cached listing showed after {ms} ms");
         assert!(ms <= COHERENCE_BOUND_MS, "took {ms} ms");

@@ -153,23 +153,9 @@ const WORKER_CAPS: u64 = 0x1f;
 
 /// The `fs-backend` processes hutch started (qemu engine), with their command lines.
 fn fs_backends(hutch: u32) -> Vec<(u32, String)> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let ppid: u32 = stat
-                .rsplit(')')
-                .next()?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            (ppid == hutch && cmd.contains(" fs-backend ")).then_some((pid, cmd))
-        })
+    hutch_e2e::children_of(hutch)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(" fs-backend "))
         .collect()
 }
 
@@ -306,13 +292,7 @@ per_engine!(
         ];
         let argv: Vec<&std::ffi::OsStr> = words.iter().map(std::ffi::OsStr::new).collect();
         let mut h = hutch_e2e::Hutch::new(hutch_e2e::run_args(e, &ws, &argv));
-        let mut child = h
-            .cmd
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = hutch_e2e::spawn_piped(&mut h);
         let stop = Arc::new(AtomicBool::new(false));
         let swaps = Arc::new(AtomicU64::new(0));
         let swapper = {
@@ -321,11 +301,7 @@ per_engine!(
             std::thread::spawn(move || host_swapper(ws, secret, stop, swaps))
         };
         // Once the guest is in its last racing step, every worker has served requests.
-        let deadline = Instant::now() + Duration::from_secs(240);
-        while !ws.join("y-go").exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if ws.join("y-go").exists() {
+        if hutch_e2e::wait_for_file(&ws.join("y-go"), 240) {
             inspect_vmm(child.id(), &l);
         }
         let (code, out, err) = hutch_e2e::collect(&mut child);

@@ -359,3 +359,74 @@ pub fn workspace_ops(stderr: &str) -> std::collections::HashMap<String, u64> {
         })
         .collect()
 }
+
+/// The children of process `pid` (pid, command line with spaces for NULs).
+/// `pid (comm) state ppid ...`: comm may hold spaces, so split after ')'.
+pub fn children_of(pid: u32) -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let child: u32 = e.file_name().to_str()?.parse().ok()?;
+                    let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+                    let ppid: u32 = stat
+                        .rsplit(')')
+                        .next()?
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse()
+                        .ok()?;
+                    let cmd = std::fs::read(format!("/proc/{child}/cmdline")).ok()?;
+                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                    (ppid == pid).then_some((child, cmd))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts `h` with stdin closed and stdout and stderr piped (for [`collect`]).
+pub fn spawn_piped(h: &mut Hutch) -> std::process::Child {
+    h.cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting hutch")
+}
+
+/// Waits up to `secs` for `path` to exist (a guest's signal); whether it does.
+pub fn wait_for_file(path: &Path, secs: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !path.exists() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
+/// Starts `sh -c script` in a guest with `ws` (see [`spawn_piped`]) and
+/// waits until the script creates `ws/ready`.
+pub fn start_until_ready(engine: Engine, ws: &Path, script: &str) -> (Hutch, std::process::Child) {
+    let argv: Vec<&OsStr> = ["sh", "-c", script].into_iter().map(OsStr::new).collect();
+    let mut h = Hutch::new(run_args(engine, ws, &argv));
+    let child = spawn_piped(&mut h);
+    assert!(
+        wait_for_file(&ws.join("ready"), 120),
+        "the guest never got ready"
+    );
+    (h, child)
+}
+
+/// The N of the first line `PREFIX N ms` in `out`.
+pub fn ms_after(out: &str, prefix: &str) -> Option<u64> {
+    out.lines().find_map(|l| {
+        l.strip_prefix(prefix)?
+            .strip_suffix(" ms")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
