@@ -1,6 +1,8 @@
 //! Crash safety of the workspace: a guest appends checksummed records and fsyncs each one,
-//! reporting on stdout what is synced; the test SIGKILLs the hutch process or the guest's
-//! QEMU mid-loop and checks that every record reported synced is on the host, intact.
+//! reporting on stdout what is synced; the test SIGKILLs the hutch process, the guest's
+//! QEMU or the workspace's file system backend mid-loop and checks that every record
+//! reported synced is on the host, intact (and, for the backend, that the run stops with
+//! a reason instead of hanging).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -41,6 +43,8 @@ const RECORDS_BEFORE_KILL: u64 = 120;
 enum Victim {
     Hutch,
     Qemu,
+    /// The workspace's `hutch fs-backend` process (qemu engine).
+    Backend,
 }
 
 /// Checks `path` holds intact records 1..=`synced` in order (a torn record may follow).
@@ -124,6 +128,31 @@ fn crash_while_writing(e: Engine, victim: Victim, files: usize) {
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let qemu = matches!(e, Engine::Qemu).then(|| qemu_of(child.id()));
+    let backend = matches!(victim, Victim::Backend).then(|| {
+        hutch_e2e::children_of(child.id())
+            .into_iter()
+            .find_map(|(pid, cmd)| cmd.contains("--policy workspace").then_some(pid))
+            .expect("the workspace's fs backend")
+    });
+    // A run that hangs instead of ending fails the test rather than blocking it.
+    let hutch_pid = child.id() as i32;
+    let hung = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let (hung, ended) = (hung.clone(), ended.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while !ended.load(std::sync::atomic::Ordering::SeqCst) {
+                if Instant::now() > deadline {
+                    hung.store(true, std::sync::atomic::Ordering::SeqCst);
+                    // SAFETY: kill on the hutch process this test started.
+                    unsafe { libc::kill(hutch_pid, libc::SIGKILL) };
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
     let mut synced = std::collections::HashMap::<String, u64>::new();
     let mut total = 0u64;
     let mut killed = false;
@@ -138,6 +167,7 @@ fn crash_while_writing(e: Engine, victim: Victim, files: usize) {
             let pid = match victim {
                 Victim::Hutch => child.id(),
                 Victim::Qemu => qemu.expect("the qemu engine runs QEMU"),
+                Victim::Backend => backend.expect("found above"),
             };
             eprintln!("SIGKILL {victim:?} (pid {pid}) after {total} synced records");
             // SAFETY: kill with a pid we started (hutch) or its child (QEMU).
@@ -147,10 +177,24 @@ fn crash_while_writing(e: Engine, victim: Victim, files: usize) {
         }
     }
     let status = child.wait().unwrap();
+    ended.store(true, std::sync::atomic::Ordering::SeqCst);
+    watchdog.join().unwrap();
     let mut err = String::new();
     if let Some(mut s) = child.stderr.take() {
         use std::io::Read;
         let _ = s.read_to_string(&mut err);
+    }
+    assert!(
+        !hung.load(std::sync::atomic::Ordering::SeqCst),
+        "the run hung after the kill:\n{err}"
+    );
+    if matches!(victim, Victim::Backend) {
+        assert!(!status.success(), "{status:?}\n{err}");
+        assert!(
+            err.contains("file system backend for share hutch-ws")
+                && err.contains("killed by signal 9"),
+            "{err}"
+        );
     }
     assert!(
         killed,
@@ -211,4 +255,16 @@ per_engine!(sigkill_qemu_with_eight_parallel_writers, |e: Engine| {
         return;
     }
     crash_while_writing(e, Victim::Qemu, 8)
+});
+
+per_engine!(sigkill_fs_backend_mid_write_loop, |e: Engine| {
+    if matches!(e, Engine::Native) {
+        // The native engine serves its file systems from the VMM itself.
+        hutch_e2e::report(
+            "sigkill_fs_backend_mid_write_loop::native",
+            "no fs backend process to kill",
+        );
+        return;
+    }
+    crash_while_writing(e, Victim::Backend, 1)
 });

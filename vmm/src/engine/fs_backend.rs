@@ -15,6 +15,8 @@ use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::EngineError;
@@ -110,6 +112,11 @@ impl FsBackend {
         self.child.id()
     }
 
+    /// The share's tag.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
     /// Waits until the backend serves its socket, or reports why it cannot.
     pub fn wait_ready(&mut self) -> Result<(), EngineError> {
         let mut line = String::new();
@@ -166,5 +173,57 @@ impl Drop for FsBackend {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// How process `pid` ended, if it has (without reaping it: its owner still
+/// waits for it).
+fn ended(pid: u32) -> Option<String> {
+    // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes one siginfo_t into `info`; WNOWAIT leaves the
+    // child to be reaped by its owner.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: after a successful waitid, si_pid and si_status are set (0 when
+    // the child has not changed state).
+    let (who, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if rc != 0 || who == 0 {
+        return None;
+    }
+    Some(match info.si_code {
+        libc::CLD_EXITED => format!("exited with status {status}"),
+        _ => format!("was killed by signal {status}"),
+    })
+}
+
+/// Watches the backends while the guest runs: if one ends while QEMU still
+/// runs, the guest's file system would hang, so `stop` is called with why.
+/// Returns when `done` is set or QEMU has ended.
+pub fn watch(
+    backends: Vec<(u32, String)>,
+    qemu: u32,
+    done: Arc<AtomicBool>,
+    stop: impl Fn(String),
+) {
+    while !done.load(Ordering::SeqCst) {
+        for (pid, tag) in &backends {
+            if let Some(how) = ended(*pid) {
+                // QEMU going first ends every backend: not an error.
+                if ended(qemu).is_none() {
+                    stop(format!(
+                        "the file system backend for share {tag} (pid {pid}) {how} while the guest ran"
+                    ));
+                }
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

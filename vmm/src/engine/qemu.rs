@@ -284,6 +284,18 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     let forward = spec.forward_stdin;
     let gate = console.ready_gate();
     let finished = Arc::new(AtomicBool::new(false));
+    {
+        let watched = backends
+            .iter()
+            .map(|b| (b.pid(), b.tag().to_owned()))
+            .collect();
+        let (kill, done) = (kill.clone(), finished.clone());
+        std::thread::spawn(move || {
+            super::fs_backend::watch(watched, pid as u32, done, |why| {
+                kill(StopReason::Error(why))
+            })
+        });
+    }
     let fin = finished.clone();
     std::thread::spawn(move || {
         let mut stdin = stdin;
