@@ -410,8 +410,19 @@ pub fn wait_for_file(path: &Path, secs: u64) -> bool {
 /// Starts `sh -c script` in a guest with `ws` (see [`spawn_piped`]) and
 /// waits until the script creates `ws/ready`.
 pub fn start_until_ready(engine: Engine, ws: &Path, script: &str) -> (Hutch, std::process::Child) {
+    start_until_ready_with(engine, ws, script, &[])
+}
+
+/// [`start_until_ready`] with `env` set for hutch.
+pub fn start_until_ready_with(
+    engine: Engine,
+    ws: &Path,
+    script: &str,
+    env: &[(&str, &str)],
+) -> (Hutch, std::process::Child) {
     let argv: Vec<&OsStr> = ["sh", "-c", script].into_iter().map(OsStr::new).collect();
     let mut h = Hutch::new(run_args(engine, ws, &argv));
+    h.cmd.envs(env.iter().copied());
     let child = spawn_piped(&mut h);
     assert!(
         wait_for_file(&ws.join("ready"), 120),
