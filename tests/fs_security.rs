@@ -507,3 +507,63 @@ per_engine!(guest_files_belong_to_the_invoking_user, |e: Engine| {
     );
     hutch_e2e::assert_no_leftovers(runtime.path());
 });
+
+/// The Landlock ABI of this kernel, or `None` without Landlock.
+fn landlock_abi() -> Option<i64> {
+    // SAFETY: landlock_create_ruleset(NULL, 0, VERSION) only returns the ABI.
+    let abi = unsafe { libc::syscall(444, std::ptr::null::<u8>(), 0usize, 1u32) };
+    (abi > 0).then_some(abi)
+}
+
+per_engine!(each_fs_backend_is_landlocked_to_its_share, |e: Engine| {
+    if matches!(e, Engine::Native) {
+        // The native engine serves its file systems from the VMM itself.
+        return;
+    }
+    let Some(abi) = landlock_abi() else {
+        hutch_e2e::report(
+            "each_fs_backend_is_landlocked_to_its_share::qemu",
+            "no Landlock in this kernel: not checked",
+        );
+        return;
+    };
+    let ws = hutch_e2e::workspace();
+    let argv: Vec<&std::ffi::OsStr> = [
+        "sh",
+        "-c",
+        "echo ok > f; cat f; cat /etc/hostname >/dev/null",
+    ]
+    .into_iter()
+    .map(std::ffi::OsStr::new)
+    .collect();
+    let mut h = hutch_e2e::Hutch::new(hutch_e2e::run_args(e, ws.path(), &argv));
+    h.cmd.env("HUTCH_LOG", "info");
+    let o = h.output(None);
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    assert_eq!(o.stdout_str(), "ok\n");
+    let line = |tag: &str| {
+        o.stderr
+            .lines()
+            .find(|l| l.contains(&format!("fs backend {tag}: Landlock ABI {abi}")))
+            .unwrap_or_else(|| panic!("no Landlock line for {tag}: {}", o.stderr))
+            .to_owned()
+    };
+    let ws_rules = line("hutch-ws");
+    let canonical = ws.path().canonicalize().unwrap();
+    assert!(
+        ws_rules.contains(&format!(
+            "({:?}, ReadWrite)",
+            canonical.display().to_string()
+        )) && ws_rules.contains("(\"/proc\", Read)")
+            && ws_rules.matches(", ").count() == 3,
+        "the workspace backend reaches its workspace and /proc only: {ws_rules}"
+    );
+    let root_rules = line("hutch-root");
+    assert!(
+        root_rules.contains("(\"/usr\", Read)")
+            && root_rules.contains("(\"/\", List)")
+            && !root_rules.contains("ReadWrite")
+            && !root_rules.contains("home"),
+        "{root_rules}"
+    );
+});

@@ -3,8 +3,8 @@
 //!
 //! The parent binds the vhost-user socket and passes it as descriptor 3. This
 //! process closes every other descriptor it inherited, keeps only the
-//! capabilities a FUSE server needs (and no new privileges), then builds the
-//! device. On stdout it says `ready` (or `error MESSAGE`) once, and after the
+//! capabilities a FUSE server needs (and no new privileges), builds the
+//! device, and restricts itself with Landlock to the share's paths. On stdout it says `ready` (or `error MESSAGE`) once, and after the
 //! frontend disconnects, with `--stats`, the device's counters.
 
 use std::io::Write;
@@ -16,7 +16,8 @@ use clap::{Args, ValueEnum};
 use vhost::vhost_user::Listener;
 
 use crate::devices::virtio::fs::{
-    confine_process, serve_vhost_user_on, FsDevice, ShareConfig, SharePolicy,
+    confine_process, landlock, serve_vhost_user_on, FsDevice, ShareConfig, SharePolicy,
+    ROOT_ALLOWLIST,
 };
 
 /// The descriptor the bound vhost-user socket arrives on.
@@ -107,6 +108,11 @@ fn close_inherited() -> std::io::Result<()> {
     Ok(())
 }
 
+/// The share's directory as the device resolved it.
+fn dev_source(a: &FsBackendArgs) -> PathBuf {
+    std::fs::canonicalize(&a.source).unwrap_or_else(|_| a.source.clone())
+}
+
 /// Runs the backend; returns the exit status.
 pub fn main(a: FsBackendArgs) -> i32 {
     if !is_listening_unix_socket(LISTENER_FD) {
@@ -134,6 +140,25 @@ pub fn main(a: FsBackendArgs) -> i32 {
             return 1;
         }
     };
+    // Last, now that the device has opened what it opens up front: from here
+    // the kernel refuses any path outside the share.
+    let source = dev_source(&a);
+    let top: Vec<&str> = ROOT_ALLOWLIST
+        .iter()
+        .filter_map(|n| n.to_str().ok())
+        .collect();
+    let rules = landlock::share_rules(&source, a.policy == PolicyArg::Workspace, &top);
+    match landlock::restrict(&rules) {
+        Ok(Some(abi)) => log::info!("fs backend {}: Landlock ABI {abi}: {rules:?}", a.tag),
+        Ok(None) => log::warn!(
+            "fs backend {}: this kernel has no Landlock; the share's paths are checked by hutch alone",
+            a.tag
+        ),
+        Err(e) => {
+            say(&format!("error restricting the backend to {}: {e}", source.display()));
+            return 1;
+        }
+    }
     let socket = PathBuf::from(format!("descriptor {LISTENER_FD}"));
     let handle = match serve_vhost_user_on(dev.clone(), listener, &socket) {
         Ok(h) => h,

@@ -6,7 +6,7 @@
 //! `vhost-user-fs-device`.
 //!
 //! Files: `config.rs` (share description, config space), `device.rs` (the device and queue
-//! processing), `confine.rs` (capabilities a server keeps), `policy.rs` (the `FileSystem` wrapper enforcing a share's policy),
+//! processing), `confine.rs` (capabilities a server keeps), `landlock.rs` (paths a backend process may reach), `policy.rs` (the `FileSystem` wrapper enforcing a share's policy),
 //! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `fd_limit.rs` (RLIMIT_NOFILE), `dirs.rs` (the workspace's READDIR), `inodes.rs` (inodes handed to the guest), `tmpfiles.rs` (O_TMPFILE files),
 //! `vhost_user.rs` (vhost-user server), `error.rs`.
 
@@ -17,6 +17,7 @@ mod dirs;
 mod error;
 mod fd_limit;
 mod inodes;
+pub mod landlock;
 mod levers;
 mod policy;
 mod secrets;
