@@ -261,6 +261,11 @@ fn fs_backend_without_its_socket_or_with_a_bad_share() {
         unsafe {
             cmd.pre_exec(move || {
                 match listener {
+                    // dup2 onto itself would keep close-on-exec: clear it.
+                    Some(3) if libc::fcntl(3, libc::F_SETFD, 0) != 0 => {
+                        return Err(std::io::Error::last_os_error())
+                    }
+                    Some(3) => {}
                     Some(fd) if libc::dup2(fd, 3) != 3 => {
                         return Err(std::io::Error::last_os_error())
                     }
