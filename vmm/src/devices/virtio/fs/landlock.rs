@@ -8,6 +8,8 @@
 //! without what is beneath it: a bug could show a name elsewhere, never a
 //! file's content); both may read `/proc` (PassthroughFs reopens files
 //! through `/proc/self/fd`, where Landlock checks the file's own path).
+//! Where the kernel's Landlock ABI allows, TCP bind and connect, abstract
+//! Unix sockets and signals to processes outside the backend are refused too.
 //! Raw syscalls (the numbers are the same on x86_64 and arm64), applied by
 //! the calling thread to itself and every thread it starts later; it needs
 //! no privilege, only no-new-privileges. A kernel without Landlock leaves
@@ -74,7 +76,16 @@ impl Access {
 #[repr(C)]
 struct RulesetAttr {
     handled_access_fs: u64,
+    /// ABI 4: TCP bind and connect; handled with no rule, both are refused.
+    handled_access_net: u64,
+    /// ABI 6: abstract Unix sockets and signals outside the domain.
+    scoped: u64,
 }
+
+/// LANDLOCK_ACCESS_NET_BIND_TCP | LANDLOCK_ACCESS_NET_CONNECT_TCP.
+const NET_TCP: u64 = (1 << 0) | (1 << 1);
+/// LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL.
+const SCOPES: u64 = (1 << 0) | (1 << 1);
 
 #[repr(C, packed)]
 struct PathBeneathAttr {
@@ -121,19 +132,21 @@ pub fn restrict(rules: &[(PathBuf, Access)]) -> io::Result<Option<i64>> {
         };
     }
     let handled = handled(abi);
+    // A backend needs no network and signals no one: what the ABI can
+    // refuse, it refuses. Older ABIs get the prefix of the struct they know.
     let attr = RulesetAttr {
         handled_access_fs: handled,
+        handled_access_net: if abi >= 4 { NET_TCP } else { 0 },
+        scoped: if abi >= 6 { SCOPES } else { 0 },
     };
-    // SAFETY: `attr` is a valid ruleset attribute of the size passed; the
-    // returned descriptor is checked.
-    let fd = unsafe {
-        libc::syscall(
-            SYS_CREATE_RULESET,
-            &attr as *const RulesetAttr,
-            std::mem::size_of::<RulesetAttr>(),
-            0u32,
-        )
+    let size = match abi {
+        1..=3 => 8,
+        4 | 5 => 16,
+        _ => std::mem::size_of::<RulesetAttr>(),
     };
+    // SAFETY: `attr` is a valid ruleset attribute at least `size` bytes long;
+    // the returned descriptor is checked.
+    let fd = unsafe { libc::syscall(SYS_CREATE_RULESET, &attr as *const RulesetAttr, size, 0u32) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -192,6 +205,13 @@ mod tests {
         std::fs::write(outside.path().join("secret"), "s").unwrap();
         std::fs::write(inside.path().join("f"), "f").unwrap();
         let (inn, out) = (inside.path().to_path_buf(), outside.path().to_path_buf());
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let sleeper_pid = sleeper.id() as libc::pid_t;
         // Landlock binds the thread that asks: do it in one of our own.
         let r = std::thread::spawn(move || {
             let rules = share_rules(&inn, true, &[]);
@@ -203,14 +223,37 @@ mod tests {
             std::fs::create_dir(inn.join("d")).unwrap();
             std::fs::rename(inn.join("g"), inn.join("d/g")).unwrap();
             let proc = std::fs::read_to_string("/proc/self/status").is_ok();
-            Some((abi, read_out, write_out, read_in, proc))
+            let connect = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.kind());
+            // SAFETY: signal 0 only checks whether a signal could be sent.
+            let signal = unsafe { libc::kill(sleeper_pid, 0) };
+            Some((
+                abi,
+                read_out,
+                write_out,
+                read_in,
+                proc,
+                connect.err(),
+                signal,
+            ))
         })
         .join()
         .unwrap();
-        let Some((abi, read_out, write_out, read_in, proc)) = r else {
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        let Some((abi, read_out, write_out, read_in, proc, connect, signal)) = r else {
             eprintln!("no Landlock in this kernel: nothing to check");
             return;
         };
+        if abi >= 4 {
+            assert_eq!(
+                connect,
+                Some(io::ErrorKind::PermissionDenied),
+                "TCP connect"
+            );
+        }
+        if abi >= 6 {
+            assert_eq!(signal, -1, "a signal left the backend");
+        }
         eprintln!("Landlock ABI {abi}");
         assert_eq!(read_out, Err(io::ErrorKind::PermissionDenied));
         assert_eq!(write_out, Err(io::ErrorKind::PermissionDenied));
