@@ -50,6 +50,16 @@ pub fn main() -> i32 {
         },
         Err(e) => println!("kernel: {e}"),
     }
+    println!(
+        "fs:     {}",
+        match crate::devices::virtio::fs::landlock::abi() {
+            Some(abi) => format!(
+                "Landlock ABI {abi}: the qemu engine's file system backends are confined to their shares"
+            ),
+            None => "no Landlock in this kernel: file system backends rely on hutch's own path checks"
+                .to_string(),
+        }
+    );
     for line in backends(kvm) {
         println!("{line}");
     }

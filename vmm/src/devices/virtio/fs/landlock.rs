@@ -111,20 +111,31 @@ pub fn share_rules(source: &Path, read_write: bool, top_level: &[&str]) -> Vec<(
     rules
 }
 
-/// Restricts the calling thread (and the threads it starts) to `rules`.
-/// Returns the Landlock ABI version applied, or `None` when the kernel has
-/// no Landlock.
-pub fn restrict(rules: &[(PathBuf, Access)]) -> io::Result<Option<i64>> {
+/// This kernel's Landlock ABI version, or `None` without Landlock.
+pub fn abi() -> Option<i64> {
+    let abi = version();
+    (abi >= 1).then_some(abi)
+}
+
+/// landlock_create_ruleset's version query: the ABI, or -1 with errno set.
+fn version() -> i64 {
     // SAFETY: with a null attribute and the VERSION flag the call only
     // returns the ABI version.
-    let abi = unsafe {
+    unsafe {
         libc::syscall(
             SYS_CREATE_RULESET,
             std::ptr::null::<RulesetAttr>(),
             0usize,
             CREATE_RULESET_VERSION,
         )
-    };
+    }
+}
+
+/// Restricts the calling thread (and the threads it starts) to `rules`.
+/// Returns the Landlock ABI version applied, or `None` when the kernel has
+/// no Landlock.
+pub fn restrict(rules: &[(PathBuf, Access)]) -> io::Result<Option<i64>> {
+    let abi = version();
     if abi < 1 {
         return match io::Error::last_os_error().raw_os_error() {
             Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => Ok(None),
