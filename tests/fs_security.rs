@@ -554,9 +554,9 @@ per_engine!(each_fs_backend_is_landlocked_to_its_share, |e: Engine| {
         ws_rules.contains(&format!(
             "({:?}, ReadWrite)",
             canonical.display().to_string()
-        )) && ws_rules.contains("(\"/proc\", Read)")
+        )) && ws_rules.contains("(\"/proc/self\", Read)")
             && ws_rules.matches(", ").count() == 3,
-        "the workspace backend reaches its workspace and /proc only: {ws_rules}"
+        "the workspace backend reaches its workspace and its own /proc only: {ws_rules}"
     );
     let root_rules = line("hutch-root");
     assert!(

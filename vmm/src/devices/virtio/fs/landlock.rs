@@ -6,7 +6,7 @@
 //! the allowlisted top-level names, and list directories beneath its root
 //! (its root itself must be listable, and Landlock cannot grant a directory
 //! without what is beneath it: a bug could show a name elsewhere, never a
-//! file's content); both may read `/proc` (PassthroughFs reopens files
+//! file's content); both may read their own `/proc/self` (PassthroughFs reopens files
 //! through `/proc/self/fd`, where Landlock checks the file's own path).
 //! Where the kernel's Landlock ABI allows, TCP bind and connect, abstract
 //! Unix sockets and signals to processes outside the backend are refused too.
@@ -95,7 +95,10 @@ struct PathBeneathAttr {
 
 /// The rules for a share at `source`: (directory, access).
 pub fn share_rules(source: &Path, read_write: bool, top_level: &[&str]) -> Vec<(PathBuf, Access)> {
-    let mut rules = vec![(PathBuf::from("/proc"), Access::Read)];
+    // `/proc/self` opens as `/proc/<this process>`: its own fds and mount
+    // table, not other processes' (Landlock also keeps ptrace-like access to
+    // processes outside the domain from it).
+    let mut rules = vec![(PathBuf::from("/proc/self"), Access::Read)];
     if read_write {
         rules.push((source.to_path_buf(), Access::ReadWrite));
     } else {
@@ -233,7 +236,8 @@ mod tests {
             std::fs::write(inn.join("g"), "g").unwrap();
             std::fs::create_dir(inn.join("d")).unwrap();
             std::fs::rename(inn.join("g"), inn.join("d/g")).unwrap();
-            let proc = std::fs::read_to_string("/proc/self/status").is_ok();
+            let proc = std::fs::read_to_string("/proc/self/status").is_ok()
+                && std::fs::read_to_string(format!("/proc/{sleeper_pid}/status")).is_err();
             let connect = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.kind());
             // SAFETY: signal 0 only checks whether a signal could be sent.
             let signal = unsafe { libc::kill(sleeper_pid, 0) };
