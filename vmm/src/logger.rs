@@ -13,13 +13,21 @@ impl Log for Stderr {
     fn log(&self, r: &Record) {
         if self.enabled(r.metadata()) {
             // Never panic on a closed stderr: this runs on device threads.
+            // One write per line: hutch and its fs backend processes share
+            // stderr, and a line written in pieces interleaves with theirs
+            // (a pipe keeps writes of up to 4 KiB whole).
             use std::io::Write;
-            let level = r.level().as_str().to_ascii_lowercase();
-            let _ = writeln!(std::io::stderr(), "hutch: {level}: {}", r.args());
+            let line = line(r.level(), r.args());
+            let _ = std::io::stderr().write_all(line.as_bytes());
         }
     }
 
     fn flush(&self) {}
+}
+
+/// `hutch: LEVEL: MESSAGE\n`.
+fn line(level: log::Level, args: &std::fmt::Arguments<'_>) -> String {
+    format!("hutch: {}: {args}\n", level.as_str().to_ascii_lowercase())
 }
 
 static LOGGER: Stderr = Stderr;
@@ -53,5 +61,11 @@ mod tests {
         assert_eq!(level_from(Some("DEBUG")), LevelFilter::Debug);
         assert_eq!(level_from(Some("off")), LevelFilter::Off);
         assert_eq!(level_from(Some("nonsense")), LevelFilter::Warn);
+    }
+
+    #[test]
+    fn a_record_is_one_line() {
+        let l = line(log::Level::Info, &format_args!("a {} c", "b"));
+        assert_eq!(l, "hutch: info: a b c\n");
     }
 }
