@@ -108,11 +108,6 @@ fn close_inherited() -> std::io::Result<()> {
     Ok(())
 }
 
-/// The share's directory as the device resolved it.
-fn dev_source(a: &FsBackendArgs) -> PathBuf {
-    std::fs::canonicalize(&a.source).unwrap_or_else(|_| a.source.clone())
-}
-
 /// Runs the backend; returns the exit status.
 pub fn main(a: FsBackendArgs) -> i32 {
     if !is_listening_unix_socket(LISTENER_FD) {
@@ -142,7 +137,7 @@ pub fn main(a: FsBackendArgs) -> i32 {
     };
     // Last, now that the device has opened what it opens up front: from here
     // the kernel refuses any path outside the share.
-    let source = dev_source(&a);
+    let source = dev.source().to_path_buf();
     let top: Vec<&str> = ROOT_ALLOWLIST
         .iter()
         .filter_map(|n| n.to_str().ok())

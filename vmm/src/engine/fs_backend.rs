@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::ValueEnum;
+
 use super::EngineError;
 use crate::cli::fs_backend::{PolicyArg, LISTENER_FD};
 use crate::devices::virtio::fs::ShareConfig;
@@ -63,10 +65,12 @@ impl FsBackend {
             .arg("--source")
             .arg(&share.source)
             .arg("--policy")
-            .arg(match PolicyArg::from(share.policy) {
-                PolicyArg::Workspace => "workspace",
-                PolicyArg::SystemRoot => "system-root",
-            })
+            .arg(
+                PolicyArg::from(share.policy)
+                    .to_possible_value()
+                    .expect("every policy has a name")
+                    .get_name(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -39,6 +39,8 @@ pub type ShareFs = PolicyFs<PassthroughFs>;
 pub struct FsDevice {
     tag: String,
     policy: SharePolicy,
+    /// The shared directory, canonical: what the server resolves against.
+    source: std::path::PathBuf,
     server: Server<Arc<ShareFs>>,
     /// The same file system, for the requests fuse-backend-rs has no call for.
     fs: Arc<ShareFs>,
@@ -165,6 +167,7 @@ impl FsDevice {
         Ok(Self {
             tag,
             policy,
+            source,
             server: Server::new(fs.clone()),
             fs,
             malformed: AtomicU64::new(0),
@@ -177,6 +180,11 @@ impl FsDevice {
     #[cfg(test)]
     pub fn tmp_files(&self) -> usize {
         self.fs.tmp_files()
+    }
+
+    /// The shared directory, canonical.
+    pub fn source(&self) -> &std::path::Path {
+        &self.source
     }
 
     /// Whether a vhost-user transport should interrupt per request (a lever).

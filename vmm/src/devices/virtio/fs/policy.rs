@@ -777,7 +777,8 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         self.check(inode)?;
         let (handle, mut opts) = self.inner.opendir(ctx, inode, flags)?;
-        if self.restrict.is_some() {
+        if self.restrict.is_some() || (self.dirs.is_none() && !self.levers.cache_dir) {
+            // Nothing below needs the directory's attributes.
             return Ok((handle, opts));
         }
         let st = self.inner.getattr(ctx, inode, None).map(|(st, _)| st);
