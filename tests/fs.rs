@@ -169,6 +169,11 @@ echo \"seen after $(( ($(date +%s%N)-start)/1000000 )) ms\"
 while [ ! -e later ]; do now=$(date +%s%N); [ $(( (now-start)/1000000 )) -gt 20000 ] && { echo 'STALE: later'; exit 4; }; sleep 0.05; done
 echo \"created seen after $(( ($(date +%s%N)-start)/1000000 )) ms\"
 ls new-from-host; [ -e gone ] && echo 'deleted file still visible' || echo 'delete seen'
+: > seen1; i=0; while [ ! -e go2 ]; do sleep 0.05; i=$((i+1)); [ $i -gt 2400 ] && exit 10; done
+start=$(date +%s%N)
+while :; do c=$(cat f); [ \"$c\" = 'SECOND VERSION, LONGER' ] && break
+  now=$(date +%s%N); [ $(( (now-start)/1000000 )) -gt 20000 ] && { echo \"STALE: $c\"; exit 5; }; sleep 0.05; done
+echo \"same-size overwrite seen after $(( ($(date +%s%N)-start)/1000000 )) ms\"
 echo from-guest > back.txt; sync";
         std::fs::write(ws.path().join("gone"), "x").unwrap();
         let (h, mut child) = hutch_e2e::start_until_ready(e, ws.path(), script);
@@ -178,18 +183,30 @@ echo from-guest > back.txt; sync";
         std::fs::write(ws.path().join("later"), "l").unwrap();
         std::fs::remove_file(ws.path().join("gone")).unwrap();
         std::fs::write(ws.path().join("go"), "").unwrap();
+        // Once the guest has read (and cached) the new version: an in-place
+        // overwrite of the same size, which only a new mtime can reveal.
+        assert!(
+            hutch_e2e::wait_for_file(&ws.path().join("seen1"), 120),
+            "the guest never saw the first changes"
+        );
+        std::fs::write(ws.path().join("f"), "SECOND VERSION, LONGER").unwrap();
+        std::fs::write(ws.path().join("go2"), "").unwrap();
         let (code, out, err) = hutch_e2e::collect(&mut child);
         assert_eq!(code, Some(0), "{out}\n{err}");
         let ms: u64 = hutch_e2e::ms_after(&out, "seen after ")
             .unwrap_or_else(|| panic!("no timing in {out:?} / {err}"));
         let created_ms: u64 = hutch_e2e::ms_after(&out, "created seen after ")
             .unwrap_or_else(|| panic!("no timing in {out:?} / {err}"));
+        let same_ms: u64 = hutch_e2e::ms_after(&out, "same-size overwrite seen after ")
+            .unwrap_or_else(|| panic!("no timing in {out:?} / {err}"));
         eprintln!(
-            "host overwrite visible in the guest after {ms} ms, a create over a cached miss after {created_ms} ms"
+            "host overwrite visible in the guest after {ms} ms, a create over a cached miss after {created_ms} ms, a same-size overwrite of a cached file after {same_ms} ms"
         );
         assert!(
-            ms <= COHERENCE_BOUND_MS && created_ms <= COHERENCE_BOUND_MS,
-            "host changes took {ms} / {created_ms} ms to reach the guest"
+            ms <= COHERENCE_BOUND_MS
+                && created_ms <= COHERENCE_BOUND_MS
+                && same_ms <= COHERENCE_BOUND_MS,
+            "host changes took {ms} / {created_ms} / {same_ms} ms to reach the guest"
         );
         assert!(!out.contains("later exists early"), "{out}");
         assert!(out.starts_with("first\n"), "{out}");

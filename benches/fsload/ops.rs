@@ -128,6 +128,9 @@ pub struct Ctx {
     created_nodes: Vec<u64>,
     forgets: HashMap<u64, u64>,
     next: usize,
+    /// The server answered OPEN with ENOSYS: like Linux's client, send no
+    /// OPEN or RELEASE from then on, and READ and WRITE with handle 0.
+    pub no_open: bool,
 }
 
 fn lookup(s: &mut Session, parent: u64, name: &str) -> Result<u64, SessionError> {
@@ -137,10 +140,30 @@ fn lookup(s: &mut Session, parent: u64, name: &str) -> Result<u64, SessionError>
         .map_err(|e| s.reply_err(e))
 }
 
+/// Sends one OPEN, as Linux's client does before it knows: ENOSYS means the
+/// server wants no OPEN or RELEASE (zero-message open); any handle it gives
+/// is released.
+fn probe_no_open(s: &mut Session, file: u64) -> Result<bool, SessionError> {
+    let r = s.call(&Request::open(file, libc::O_RDONLY as u32, false))?;
+    match r.ok() {
+        Err(ReplyError::Errno { errno, .. }) if errno == libc::ENOSYS => Ok(true),
+        Err(e) => Err(s.reply_err(e)),
+        Ok(r) => {
+            let fh = open_fh(&r.args, 0, op::OPEN).map_err(|e| s.reply_err(e))?;
+            s.call(&Request::release(file, fh, 0, false))?
+                .ok()
+                .map_err(|e| s.reply_err(e))?;
+            Ok(false)
+        }
+    }
+}
+
 impl Ctx {
     /// Looks up the fixture's names (not measured).
     pub fn prepare(s: &mut Session, fixture: &FixtureSpec) -> Result<Self, SessionError> {
         let files_dir = lookup(s, ROOT_ID, FILES_DIR)?;
+        let read_file = lookup(s, ROOT_ID, READ_FILE)?;
+        let no_open = probe_no_open(s, read_file)?;
         let nodes = (0..fixture.files)
             .map(|i| lookup(s, files_dir, &format!("f{i}")))
             .collect::<Result<Vec<_>, _>>()?;
@@ -150,7 +173,7 @@ impl Ctx {
             big_dir: lookup(s, ROOT_ID, BIG_DIR)?,
             entries: fixture.entries,
             work_dir: lookup(s, ROOT_ID, WORK_DIR)?,
-            read_file: lookup(s, ROOT_ID, READ_FILE)?,
+            read_file,
             write_file: lookup(s, ROOT_ID, WRITE_FILE)?,
             file_len: fixture.file_len,
             secctx: s.secctx(),
@@ -158,6 +181,7 @@ impl Ctx {
             created_nodes: Vec::new(),
             forgets: HashMap::new(),
             next: 0,
+            no_open,
         })
     }
 
@@ -167,6 +191,10 @@ impl Ctx {
             return None;
         }
         if op == Op::CreateRelease && self.next >= MAX_CREATE {
+            return None;
+        }
+        if op == Op::OpenRelease && self.no_open {
+            // open() and close() send nothing to such a server.
             return None;
         }
         st.index = self.next;
@@ -180,8 +208,12 @@ impl Ctx {
             Op::Readdir | Op::Readdirplus => {
                 Some(Request::open(self.big_dir, libc::O_RDONLY as u32, true))
             }
-            Op::Read(_) => Some(Request::open(self.read_file, libc::O_RDONLY as u32, false)),
-            Op::Write(_) => Some(Request::open(self.write_file, libc::O_RDWR as u32, false)),
+            Op::Read(_) if !self.no_open => {
+                Some(Request::open(self.read_file, libc::O_RDONLY as u32, false))
+            }
+            Op::Write(_) if !self.no_open => {
+                Some(Request::open(self.write_file, libc::O_RDWR as u32, false))
+            }
             _ => None,
         }
     }
@@ -234,8 +266,9 @@ impl Ctx {
             Op::Unlink => Request::unlink(self.work_dir, &format!("m{i}")),
             Op::Readdir => Request::readdir(st.node, st.fh, st.dir_off, 4096),
             Op::Readdirplus => Request::readdirplus(st.node, st.fh, st.dir_off, 4096),
-            Op::Read(n) => Request::read(st.node, st.fh, self.offset(i, n), n),
-            Op::Write(n) => Request::write(st.node, st.fh, self.offset(i, n), n),
+            // Handle 0 where the server takes no OPEN (no setup ran).
+            Op::Read(n) => Request::read(self.read_file, st.fh, self.offset(i, n), n),
+            Op::Write(n) => Request::write(self.write_file, st.fh, self.offset(i, n), n),
         }
     }
 
@@ -276,6 +309,9 @@ impl Ctx {
                 let node = entry_nodeid(&r.args, op::CREATE)?;
                 let fh = open_fh(&r.args, crate::fuse::ENTRY_OUT_LEN, op::CREATE)?;
                 self.created_nodes.push(node);
+                if self.no_open {
+                    return Ok(Next::Done);
+                }
                 let flags = libc::O_WRONLY as u32;
                 return Ok(Next::Send(Request::release(node, fh, flags, false)));
             }

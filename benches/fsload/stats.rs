@@ -102,6 +102,11 @@ pub fn table(names: &[String], rows: &[Row]) -> String {
     for r in rows {
         out += &format!("| {} | {} |", r.op, r.depth);
         for s in &r.servers {
+            if s.count == 0 {
+                // A server that takes no OPEN: the guest sends nothing for this op.
+                out += " no request | — |";
+                continue;
+            }
             out += &format!(
                 " {:.0} | {} / {} / {} |",
                 s.ops_per_s,
@@ -111,12 +116,16 @@ pub fn table(names: &[String], rows: &[Row]) -> String {
             );
         }
         if let [a, b] = r.servers[..] {
-            let ratio = if b.ops_per_s > 0.0 {
-                a.ops_per_s / b.ops_per_s
+            if a.count == 0 || b.count == 0 {
+                out += " — |";
             } else {
-                0.0
-            };
-            out += &format!(" {ratio:.2} |");
+                let ratio = if b.ops_per_s > 0.0 {
+                    a.ops_per_s / b.ops_per_s
+                } else {
+                    0.0
+                };
+                out += &format!(" {ratio:.2} |");
+            }
         }
         out += "\n";
     }

@@ -182,6 +182,12 @@ impl FsDevice {
         self.fs.tmp_files()
     }
 
+    /// How many inodes have handles cached for a guest that sends no OPEN.
+    #[cfg(test)]
+    pub fn cached_open_files(&self) -> usize {
+        self.fs.cached_open_files()
+    }
+
     /// The shared directory, canonical.
     pub fn source(&self) -> &std::path::Path {
         &self.source

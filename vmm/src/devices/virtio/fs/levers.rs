@@ -42,6 +42,12 @@ pub struct Levers {
     /// entry (`ls -l`, `find`) sends a LOOKUP per name where READDIRPLUS
     /// would have brought the attributes along: 7x slower in the benchmark.
     pub cache_dir: bool,
+    /// Zero-message open (openfiles.rs): the first OPEN gets ENOSYS, and the
+    /// guest stops sending OPEN and RELEASE; its pages stay cached across
+    /// opens until the host changes the file's size or mtime. Off: every
+    /// open() and close() is a round trip and every open drops the file's
+    /// pages (close-to-open).
+    pub no_open: bool,
 }
 
 /// How long a directory's mtime must be in the past before its listing may
@@ -58,6 +64,7 @@ impl Default for Levers {
             timeout: Duration::from_secs(5),
             irq_per_request: false,
             cache_dir: false,
+            no_open: true,
         }
     }
 }
@@ -97,10 +104,11 @@ impl Levers {
                 "writeback" => self.writeback = on,
                 "irq_per_request" => self.irq_per_request = on,
                 "cache_dir" => self.cache_dir = on,
+                "no_open" => self.no_open = on,
                 _ => {
                     return Err(bad(
                         "levers are flush, negative, writeback, irq_per_request, cache_dir, \
-                         timeout=S",
+                         no_open, timeout=S",
                     ))
                 }
             }
@@ -116,11 +124,12 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         let d = Levers::default();
-        assert!(!d.flush && d.negative && !d.writeback && !d.cache_dir);
+        assert!(!d.flush && d.negative && !d.writeback && !d.cache_dir && d.no_open);
         let l = d
-            .apply("+flush, -negative,+writeback,+irq_per_request,+cache_dir,timeout=0.5")
+            .apply("+flush, -negative,+writeback,+irq_per_request,+cache_dir,-no_open,timeout=0.5")
             .unwrap();
         assert!(l.flush && !l.negative && l.writeback && l.irq_per_request && l.cache_dir);
+        assert!(!l.no_open);
         assert_eq!(l.timeout, Duration::from_millis(500));
         assert_eq!(d.apply("").unwrap(), d);
     }

@@ -7,7 +7,7 @@
 //!
 //! Files: `config.rs` (share description, config space), `device.rs` (the device and queue
 //! processing), `confine.rs` (capabilities a server keeps), `landlock.rs` (paths a backend process may reach), `policy.rs` (the `FileSystem` wrapper enforcing a share's policy),
-//! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `fd_limit.rs` (RLIMIT_NOFILE), `dirs.rs` (the workspace's READDIR), `inodes.rs` (inodes handed to the guest), `tmpfiles.rs` (O_TMPFILE files),
+//! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `fd_limit.rs` (RLIMIT_NOFILE), `dirs.rs` (the workspace's READDIR), `inodes.rs` (inodes handed to the guest), `tmpfiles.rs` (O_TMPFILE files), `openfiles.rs` (handles for a guest that sends no OPEN),
 //! `vhost_user.rs` (vhost-user server), `error.rs`.
 
 mod config;
@@ -19,6 +19,7 @@ mod fd_limit;
 mod inodes;
 pub mod landlock;
 mod levers;
+mod openfiles;
 mod policy;
 mod secrets;
 mod stats;

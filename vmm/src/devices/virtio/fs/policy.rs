@@ -27,6 +27,7 @@ use fuse_backend_rs::transport::FsCacheReqHandler;
 use super::dirs::{DirStreams, HostPath};
 use super::inodes::IssuedInodes;
 use super::levers::{Levers, SETTLED};
+use super::openfiles::{Access, OpenFiles, Released};
 use super::secrets::{file_id, FileId, MaskedFiles};
 use super::tmpfiles::{is_tmp, TmpFiles};
 
@@ -149,6 +150,8 @@ pub struct PolicyFs<F> {
     dirs: Option<DirStreams>,
     /// Unnamed files (O_TMPFILE) the guest holds; workspace with DirStreams only.
     tmp: TmpFiles,
+    /// The handles serving a guest that sends no OPEN (lever `no_open`).
+    open_files: OpenFiles,
 }
 
 impl<F> PolicyFs<F> {
@@ -163,6 +166,7 @@ impl<F> PolicyFs<F> {
             levers: Levers::default(),
             dirs: None,
             tmp: TmpFiles::default(),
+            open_files: OpenFiles::default(),
         }
     }
 
@@ -181,6 +185,7 @@ impl<F> PolicyFs<F> {
             levers: Levers::default(),
             dirs: None,
             tmp: TmpFiles::default(),
+            open_files: OpenFiles::default(),
         })
     }
 
@@ -212,6 +217,12 @@ impl<F> PolicyFs<F> {
         self.tmp.len()
     }
 
+    /// How many inodes have handles cached for a guest that sends no OPEN.
+    #[cfg(test)]
+    pub fn cached_open_files(&self) -> usize {
+        self.open_files.len()
+    }
+
     /// How many secret files the restricted view masks by identity (0 for a workspace).
     pub fn masked_files(&self) -> usize {
         self.restrict.as_ref().map_or(0, |r| r.masked.len())
@@ -234,6 +245,118 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
         match &self.restrict {
             Some(r) => r.check(inode),
             None => Ok(()),
+        }
+    }
+
+    /// Whether OPEN is answered ENOSYS so that the guest stops sending OPEN
+    /// and RELEASE (workspace, lever `no_open`; the read-only root gets the
+    /// same from PassthroughFs itself).
+    fn zero_open(&self) -> bool {
+        self.restrict.is_none() && self.levers.no_open
+    }
+
+    /// The inner handle that serves a request the guest sent on `inode` with
+    /// `handle`: the guest's own, or (handle 0, zero-message open) one cached
+    /// for the inode, opened here on first use (openfiles.rs).
+    fn file_handle(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        access: Access,
+    ) -> io::Result<u64> {
+        if handle != 0 || !self.zero_open() {
+            return Ok(handle);
+        }
+        if let Some(h) = self.open_files.get(inode, access) {
+            return Ok(h);
+        }
+        self.not_a_device(ctx, inode)?;
+        let mut flags = match access {
+            Access::Read => libc::O_RDONLY,
+            Access::Write => libc::O_RDWR,
+        } as u32;
+        let mut opened = self.retry_out_of_fds(ctx, || self.inner.open(ctx, inode, flags, 0));
+        if access == Access::Write
+            && matches!(&opened, Err(e) if e.raw_os_error() == Some(libc::EACCES))
+        {
+            // A write-only file (mode 0200): the guest's kernel allowed the write.
+            flags = libc::O_WRONLY as u32;
+            opened = self.retry_out_of_fds(ctx, || self.inner.open(ctx, inode, flags, 0));
+        }
+        let (Some(h), _, _) = opened? else {
+            return Err(err(libc::EBADF));
+        };
+        let (chosen, released) = self.open_files.adopt(inode, h, flags, false, Some(access));
+        self.release_all(ctx, released);
+        chosen.ok_or_else(|| err(libc::EBADF))
+    }
+
+    /// A cached handle of `inode` for FSYNC or LSEEK, which any access mode allows.
+    fn any_handle(&self, ctx: &Context, inode: u64, handle: u64) -> io::Result<u64> {
+        if handle != 0 || !self.zero_open() {
+            return Ok(handle);
+        }
+        match self.open_files.get(inode, Access::Write) {
+            Some(h) => Ok(h),
+            None => self.file_handle(ctx, inode, handle, Access::Read),
+        }
+    }
+
+    /// Gives `released` handles back to the inner file system.
+    fn release_all(&self, ctx: &Context, released: Released) {
+        for (inode, h) in released {
+            if let Err(e) = self.inner.release(ctx, inode, 0, h, false, false, None) {
+                log::debug!("virtio-fs: releasing cached handle {h} of inode {inode}: {e}");
+            }
+        }
+    }
+
+    /// After FORGETs: gives back the cached handles of those inodes. The
+    /// guest forgets an inode when it evicts it, with all its lookups at
+    /// once; were one still in use, its next request would open it again.
+    fn drop_forgotten(&self, ctx: &Context, inodes: &[u64]) {
+        for &inode in inodes {
+            let released = self.open_files.take(inode);
+            self.release_all(ctx, released);
+        }
+    }
+
+    /// Runs `open` once more after giving every cached handle back, if it
+    /// failed for want of descriptors.
+    fn retry_out_of_fds<T>(
+        &self,
+        ctx: &Context,
+        mut open: impl FnMut() -> io::Result<T>,
+    ) -> io::Result<T> {
+        match open() {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                let released = self.open_files.drain();
+                if released.is_empty() {
+                    return Err(e);
+                }
+                log::debug!(
+                    "virtio-fs: out of descriptors, giving back {} cached handles",
+                    released.len()
+                );
+                self.release_all(ctx, released);
+                open()
+            }
+            other => other,
+        }
+    }
+
+    /// The open flags a READ or WRITE carries, as the host descriptor gets
+    /// them (PassthroughFs applies them with F_SETFL): without O_NOATIME,
+    /// and, for a cached descriptor, without O_DIRECT (the guest's direct
+    /// I/O bypasses its own cache; the host's is still used, as it is for
+    /// descriptors PassthroughFs opens, which drop O_DIRECT).
+    fn request_flags(&self, flags: u32) -> u32 {
+        let flags = without_noatime(flags);
+        if self.zero_open() {
+            flags & !(libc::O_DIRECT as u32)
+        } else {
+            flags
         }
     }
 
@@ -409,6 +532,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         };
         if count > 0 {
             self.inner.forget(ctx, inode, count);
+            if self.open_files.holds(inode) {
+                self.drop_forgotten(ctx, &[inode]);
+            }
         }
     }
 
@@ -428,7 +554,13 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
                 named
             }
         };
+        let held: Vec<u64> = requests
+            .iter()
+            .map(|&(inode, _)| inode)
+            .filter(|&inode| self.open_files.holds(inode))
+            .collect();
         self.inner.batch_forget(ctx, requests);
+        self.drop_forgotten(ctx, &held);
     }
 
     fn getattr(
@@ -441,6 +573,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
             return Ok((self.tmp.getattr(inode)?, self.levers.timeout));
         }
         self.check(inode)?;
+        let handle = handle.filter(|&h| h != 0 || !self.zero_open());
         self.inner.getattr(ctx, inode, handle)
     }
 
@@ -458,6 +591,10 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
             attr.st_mode = safe_mode(attr.st_mode, false);
             return Ok((self.tmp.setattr(inode, &attr, valid)?, self.levers.timeout));
         }
+        let handle = match handle {
+            Some(0) if self.zero_open() => self.open_files.get(inode, Access::Write),
+            other => other,
+        };
         if valid.contains(SetattrValid::MODE) {
             let (st, _) = self.inner.getattr(ctx, inode, handle)?;
             let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
@@ -568,6 +705,10 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
                 return Err(err(libc::EROFS));
             }
         }
+        if self.zero_open() {
+            // Zero-message open: see openfiles.rs.
+            return Err(err(libc::ENOSYS));
+        }
         if is_tmp(inode) {
             return Ok((Some(self.tmp.open(inode)?), OpenOptions::empty(), None));
         }
@@ -588,7 +729,24 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
             mode: safe_mode(args.mode, false),
             ..args
         };
-        self.inner.create(&self.creds(ctx), parent, name, args)
+        let creds = self.creds(ctx);
+        let (entry, handle, opts, passthrough) = if self.zero_open() {
+            self.retry_out_of_fds(ctx, || self.inner.create(&creds, parent, name, args))?
+        } else {
+            self.inner.create(&creds, parent, name, args)?
+        };
+        if !self.zero_open() {
+            return Ok((entry, handle, opts, passthrough));
+        }
+        // The guest gets handle 0 and will not release it; the descriptor
+        // CREATE opened serves the new file (openfiles.rs).
+        if let Some(h) = handle {
+            let (_, released) = self
+                .open_files
+                .adopt(entry.inode, h, args.flags, true, None);
+            self.release_all(ctx, released);
+        }
+        Ok((entry, None, opts, passthrough))
     }
 
     fn read(
@@ -602,11 +760,12 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        if is_tmp(handle) {
-            return self.tmp.read(handle, w, size, offset);
+        if is_tmp(handle) || is_tmp(inode) {
+            return self.tmp.read(inode, handle, w, size, offset);
         }
         self.check(inode)?;
-        let flags = without_noatime(flags);
+        let handle = self.file_handle(ctx, inode, handle, Access::Read)?;
+        let flags = self.request_flags(flags);
         self.inner
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
@@ -625,9 +784,10 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
-        if is_tmp(handle) {
-            return self.tmp.write(handle, r, size, offset);
+        if is_tmp(handle) || is_tmp(inode) {
+            return self.tmp.write(inode, handle, r, size, offset);
         }
+        let handle = self.file_handle(ctx, inode, handle, Access::Write)?;
         self.inner.write(
             ctx,
             inode,
@@ -637,7 +797,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
             offset,
             lock_owner,
             delayed_write,
-            without_noatime(flags),
+            self.request_flags(flags),
             fuse_flags,
         )
     }
@@ -652,17 +812,18 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
             // The workspace's lever: see levers.rs.
             return Err(err(libc::ENOSYS));
         }
-        if is_tmp(handle) {
+        if is_tmp(handle) || is_tmp(inode) || (handle == 0 && self.zero_open()) {
             return Ok(());
         }
         self.inner.flush(ctx, inode, handle, lock_owner)
     }
 
     fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
-        if is_tmp(handle) {
-            return self.tmp.fsync(handle, datasync);
+        if is_tmp(handle) || is_tmp(inode) {
+            return self.tmp.fsync(inode, handle, datasync);
         }
         self.check(inode)?;
+        let handle = self.any_handle(ctx, inode, handle)?;
         self.inner.fsync(ctx, inode, datasync, handle)
     }
 
@@ -676,9 +837,10 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         length: u64,
     ) -> io::Result<()> {
         self.writable()?;
-        if is_tmp(handle) {
-            return self.tmp.fallocate(handle, mode, offset, length);
+        if is_tmp(handle) || is_tmp(inode) {
+            return self.tmp.fallocate(inode, handle, mode, offset, length);
         }
+        let handle = self.file_handle(ctx, inode, handle, Access::Write)?;
         self.inner
             .fallocate(ctx, inode, handle, mode, offset, length)
     }
@@ -694,6 +856,11 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
         // Only frees a handle the guest opened; never refused, so nothing leaks.
+        if handle == 0 && self.zero_open() {
+            // A file created before the guest learned that OPEN is not
+            // answered: its descriptor is cached per inode (openfiles.rs).
+            return Ok(());
+        }
         if is_tmp(handle) {
             self.tmp.release(handle);
             return Ok(());
@@ -953,10 +1120,11 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
-        if is_tmp(handle) {
-            return self.tmp.lseek(handle, offset, whence);
+        if is_tmp(handle) || is_tmp(inode) {
+            return self.tmp.lseek(inode, handle, offset, whence);
         }
         self.check(inode)?;
+        let handle = self.any_handle(ctx, inode, handle)?;
         self.inner.lseek(ctx, inode, handle, offset, whence)
     }
 

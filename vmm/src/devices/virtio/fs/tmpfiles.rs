@@ -107,7 +107,12 @@ impl TmpFiles {
             .ok_or_else(|| err(libc::EBADF))
     }
 
-    fn handle(&self, handle: u64) -> io::Result<Arc<Node>> {
+    /// The file behind `handle`, or behind the node `inode` when the handle
+    /// is 0 (a guest that stopped sending OPEN, see openfiles.rs).
+    fn handle(&self, inode: u64, handle: u64) -> io::Result<Arc<Node>> {
+        if handle == 0 {
+            return self.node(inode);
+        }
         lock(&self.handles)
             .get(&handle)
             .cloned()
@@ -149,13 +154,19 @@ impl TmpFiles {
         Ok((entry, handle))
     }
 
-    /// Drops `count` of the guest's lookups of `inode`.
+    /// Drops `count` of the guest's lookups of `inode`. At none, the node
+    /// goes, with any handle still on it: a guest that sends no RELEASE (see
+    /// openfiles.rs) never gives back the handle FUSE_TMPFILE opened, and
+    /// one that does has released its handles before the inode is evicted.
     pub fn forget(&self, inode: u64, count: u64) {
         let mut nodes = lock(&self.nodes);
-        if let Some((_, lookups)) = nodes.get_mut(&inode) {
+        if let Some((node, lookups)) = nodes.get_mut(&inode) {
             *lookups = lookups.saturating_sub(count);
             if *lookups == 0 {
+                let node = node.clone();
                 nodes.remove(&inode);
+                drop(nodes);
+                lock(&self.handles).retain(|_, n| !Arc::ptr_eq(n, &node));
             }
         }
     }
@@ -246,12 +257,13 @@ impl TmpFiles {
     /// READ on `handle`.
     pub fn read(
         &self,
+        inode: u64,
         handle: u64,
         w: &mut dyn ZeroCopyWriter,
         size: u32,
         offset: u64,
     ) -> io::Result<usize> {
-        let node = self.handle(handle)?;
+        let node = self.handle(inode, handle)?;
         let mut file = node.file_mut();
         w.write_from(&mut *file, size as usize, offset)
     }
@@ -259,19 +271,20 @@ impl TmpFiles {
     /// WRITE on `handle`.
     pub fn write(
         &self,
+        inode: u64,
         handle: u64,
         r: &mut dyn ZeroCopyReader,
         size: u32,
         offset: u64,
     ) -> io::Result<usize> {
-        let node = self.handle(handle)?;
+        let node = self.handle(inode, handle)?;
         let mut file = node.file_mut();
         r.read_to(&mut *file, size as usize, offset)
     }
 
     /// FSYNC on `handle`.
-    pub fn fsync(&self, handle: u64, datasync: bool) -> io::Result<()> {
-        let node = self.handle(handle)?;
+    pub fn fsync(&self, inode: u64, handle: u64, datasync: bool) -> io::Result<()> {
+        let node = self.handle(inode, handle)?;
         if datasync {
             node.file.sync_data()
         } else {
@@ -280,8 +293,15 @@ impl TmpFiles {
     }
 
     /// FALLOCATE on `handle`.
-    pub fn fallocate(&self, handle: u64, mode: u32, offset: u64, length: u64) -> io::Result<()> {
-        let node = self.handle(handle)?;
+    pub fn fallocate(
+        &self,
+        inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        let node = self.handle(inode, handle)?;
         let (offset, length) = (
             i64::try_from(offset).map_err(|_| err(libc::EINVAL))?,
             i64::try_from(length).map_err(|_| err(libc::EINVAL))?,
@@ -291,8 +311,8 @@ impl TmpFiles {
     }
 
     /// LSEEK (SEEK_DATA / SEEK_HOLE) on `handle`.
-    pub fn lseek(&self, handle: u64, offset: u64, whence: u32) -> io::Result<u64> {
-        let node = self.handle(handle)?;
+    pub fn lseek(&self, inode: u64, handle: u64, offset: u64, whence: u32) -> io::Result<u64> {
+        let node = self.handle(inode, handle)?;
         let offset = i64::try_from(offset).map_err(|_| err(libc::EINVAL))?;
         // SAFETY: lseek on a descriptor we own; the result is checked.
         let at = unsafe { libc::lseek64(node.file.as_raw_fd(), offset, whence as i32) };

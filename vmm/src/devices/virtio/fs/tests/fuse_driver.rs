@@ -10,6 +10,8 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::devices::virtio::fs::FsDevice;
+
 /// Size of the test queues.
 pub const QUEUE_LEN: u16 = 256;
 /// Guest memory given to the tests.
@@ -269,4 +271,29 @@ impl<'a> Driver<'a> {
             .unchecked_add(4 + 8 * u64::from(QUEUE_LEN));
         self.mem.read_obj(addr).unwrap()
     }
+}
+
+/// Sends the requests `build` lays out, processes the queue, and returns
+/// each reply's (error, body) (nothing for a request without reply buffers).
+pub fn exchange(
+    dev: &FsDevice,
+    drv: &mut Driver<'_>,
+    queue: &mut virtio_queue::Queue,
+    build: impl FnOnce(&mut Driver<'_>) -> Vec<Pending>,
+) -> Vec<(i32, Vec<u8>)> {
+    let pending = build(drv);
+    dev.process_queue(drv.mem, queue).unwrap();
+    drv.used();
+    pending
+        .iter()
+        .map(|p| {
+            if p.reply[0].1 == 0 {
+                // FORGET: no reply.
+                return (0, Vec::new());
+            }
+            let (h, body) = drv.reply(p);
+            assert_eq!(h.unique, p.unique);
+            (h.error, body)
+        })
+        .collect()
 }

@@ -4,6 +4,7 @@
 mod dirs;
 mod escape;
 mod fuse_driver;
+mod openfiles;
 mod policy;
 mod queue;
 mod tmpfile;

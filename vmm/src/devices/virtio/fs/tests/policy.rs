@@ -11,7 +11,7 @@ use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, ZeroCopyReade
 use fuse_backend_rs::file_traits::FileReadWriteVolatile;
 use fuse_backend_rs::passthrough::{Config, PassthroughFs};
 
-use crate::devices::virtio::fs::PolicyFs;
+use crate::devices::virtio::fs::{Levers, PolicyFs};
 
 type Fs = PolicyFs<PassthroughFs>;
 
@@ -399,8 +399,11 @@ fn workspace_policy_passes_writes_through() {
         fuse_flags: 0,
     };
     let (file, handle, _, _) = fs.create(&x, sub.inode, c"f", args).unwrap();
-    fs.release(&x, file.inode, 0, handle.unwrap(), false, false, None)
-        .unwrap();
+    if let Some(h) = handle {
+        // None: zero-message open, the descriptor is cached per inode.
+        fs.release(&x, file.inode, 0, h, false, false, None)
+            .unwrap();
+    }
     assert!(dir.path().join("sub/f").is_file());
     // No allowlist, nothing hidden.
     fs::create_dir(dir.path().join("home")).unwrap();
@@ -431,8 +434,10 @@ fn no_device_nodes_and_no_set_id_bits_in_a_share() {
         fuse_flags: 0,
     };
     let (f, h, _, _) = fs.create(&x, ROOT_ID, c"prog", args).unwrap();
-    fs.release(&x, f.inode, 0, h.unwrap(), false, false, None)
-        .unwrap();
+    if let Some(h) = h {
+        // None: zero-message open, the descriptor is cached per inode.
+        fs.release(&x, f.inode, 0, h, false, false, None).unwrap();
+    }
     let mode = |p: &str| fs::metadata(dir.path().join(p)).unwrap().mode() & 0o7777;
     assert_eq!(mode("prog"), 0o755);
     let mut attr: stat64 = f.attr;
@@ -467,7 +472,22 @@ fn host_device_nodes_in_a_share_cannot_be_opened() {
     // SAFETY: mknod on a NUL-terminated path inside our temporary directory.
     let rc = unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
     assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+    // Zero-message open (the default): the guest sends no OPEN, and the first
+    // request on the node (handle 0) is where the server opens the file.
     let fs = PolicyFs::passthrough(passthrough(dir.path()), false);
+    fs.init(FsOptions::empty()).unwrap();
+    let e = lookup(&fs, ROOT_ID, "null").unwrap();
+    assert_eq!(
+        errno(fs.open(&ctx(), e.inode, libc::O_RDWR as u32, 0)),
+        libc::ENOSYS
+    );
+    assert_eq!(errno(fs.fsync(&ctx(), e.inode, false, 0)), libc::EACCES);
+    assert_eq!(fs.cached_open_files(), 0);
+    // With OPEN answered, OPEN itself is refused.
+    let fs = PolicyFs::passthrough(passthrough(dir.path()), false).with_levers(Levers {
+        no_open: false,
+        ..Levers::default()
+    });
     fs.init(FsOptions::empty()).unwrap();
     let e = lookup(&fs, ROOT_ID, "null").unwrap();
     assert_eq!(

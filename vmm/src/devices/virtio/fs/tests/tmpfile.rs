@@ -12,7 +12,7 @@ use fuse_backend_rs::abi::fuse_abi::{
 };
 use vm_memory::ByteValued;
 
-use super::fuse_driver::{guest_memory, Driver, Pending};
+use super::fuse_driver::{exchange, guest_memory, Driver, Pending};
 use crate::devices::virtio::fs::{FsDevice, ShareConfig, SharePolicy};
 
 const FUSE_TMPFILE: u32 = 51;
@@ -26,31 +26,6 @@ fn device(dir: &tempfile::TempDir, policy: SharePolicy) -> FsDevice {
         policy,
     })
     .unwrap()
-}
-
-/// Sends the requests `build` lays out, processes the queue, and returns
-/// each reply's (error, body) (nothing for a request without reply buffers).
-fn exchange(
-    dev: &FsDevice,
-    drv: &mut Driver<'_>,
-    queue: &mut virtio_queue::Queue,
-    build: impl FnOnce(&mut Driver<'_>) -> Vec<Pending>,
-) -> Vec<(i32, Vec<u8>)> {
-    let pending = build(drv);
-    dev.process_queue(drv.mem, queue).unwrap();
-    drv.used();
-    pending
-        .iter()
-        .map(|p| {
-            if p.reply[0].1 == 0 {
-                // FORGET: no reply.
-                return (0, Vec::new());
-            }
-            let (h, body) = drv.reply(p);
-            assert_eq!(h.unique, p.unique);
-            (h.error, body)
-        })
-        .collect()
 }
 
 fn tmpfile(drv: &mut Driver<'_>, parent: u64, flags: i32) -> Pending {
