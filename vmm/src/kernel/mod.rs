@@ -28,6 +28,12 @@ pub const RECIPE: &[(&str, &str)] = &[
             "../../../guest/kernel/patches/0002-fuse-dir-change-keeps-permission-attrs.patch"
         ),
     ),
+    (
+        "patches/0003-fuse-killpriv-v2-skips-capability-query.patch",
+        include_str!(
+            "../../../guest/kernel/patches/0003-fuse-killpriv-v2-skips-capability-query.patch"
+        ),
+    ),
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[
