@@ -730,11 +730,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
             ..args
         };
         let creds = self.creds(ctx);
-        let (entry, handle, opts, passthrough) = if self.zero_open() {
-            self.retry_out_of_fds(ctx, || self.inner.create(&creds, parent, name, args))?
-        } else {
-            self.inner.create(&creds, parent, name, args)?
-        };
+        // Only a zero-message-open table can be out of descriptors to give back.
+        let (entry, handle, opts, passthrough) =
+            self.retry_out_of_fds(ctx, || self.inner.create(&creds, parent, name, args))?;
         if !self.zero_open() {
             return Ok((entry, handle, opts, passthrough));
         }
