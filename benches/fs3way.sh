@@ -7,6 +7,8 @@
 #   native     hutch's own VMM, only where /dev/kvm is real (kvm_intel/amd).
 # Ways alternate within each round; the table shows medians over rounds.
 #   benches/fs3way.sh [ROUNDS]       (VIRTIOFSD=path to skip installing it)
+# The workspace lives under $TMPDIR (default /tmp): all three ways use it, so
+# pick a file system whose create cost is steady (see docs/fs-levers.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -36,7 +38,7 @@ fi
 
 inputs=target/fsbench/inputs
 benches/fs/prepare.sh "$inputs"
-work=$(mktemp -d /tmp/hutch-fsbench-XXXXXX)
+work=$(mktemp -d "${TMPDIR:-/tmp}/hutch-fsbench-XXXXXX")
 vfsd_pid=
 cleanup() { [ -n "$vfsd_pid" ] && kill "$vfsd_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT

@@ -34,6 +34,10 @@ pub const RECIPE: &[(&str, &str)] = &[
             "../../../guest/kernel/patches/0003-fuse-killpriv-v2-skips-capability-query.patch"
         ),
     ),
+    (
+        "patches/0004-fuse-create-without-lookup.patch",
+        include_str!("../../../guest/kernel/patches/0004-fuse-create-without-lookup.patch"),
+    ),
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[

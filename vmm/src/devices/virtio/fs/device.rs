@@ -20,12 +20,15 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestMemory};
 
 use super::config::{config_space, validate_tag, CONFIG_SPACE_LEN};
+use super::create_lookup;
 use super::policy::PolicyFs;
 use super::stats::FsStats;
 use super::{DirStreams, FsError, Levers, ShareConfig, SharePolicy};
 
 /// The FUSE opcode of an unnamed file (O_TMPFILE), which fuse-backend-rs does not know.
 const FUSE_TMPFILE: u32 = 51;
+/// FUSE_INIT's opcode.
+const FUSE_INIT: u32 = 26;
 
 /// How long the guest may cache names and attributes of the system root.
 const ROOT_CACHE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -48,6 +51,8 @@ pub struct FsDevice {
     malformed: AtomicU64,
     stats: FsStats,
     irq_per_request: bool,
+    /// Whether INIT may grant one-request O_CREAT opens (create_lookup.rs).
+    create_lookup: bool,
 }
 
 impl std::fmt::Debug for FsDevice {
@@ -173,6 +178,7 @@ impl FsDevice {
             malformed: AtomicU64::new(0),
             stats: FsStats::default(),
             irq_per_request: workspace && levers.irq_per_request,
+            create_lookup: workspace && levers.create_lookup,
         })
     }
 
@@ -356,6 +362,10 @@ impl FsDevice {
             Err(e) => return self.malformed(head, "its readable part", &e),
         };
         let bytes_in = reader.available_bytes();
+        // INIT: the private flag fuse-backend-rs would drop is granted after it answers.
+        let init =
+            (opcode == FUSE_INIT && self.create_lookup && create_lookup::init_offers(mem, &chain))
+                .then(|| chain.clone());
         let writer = match VirtioFsWriter::new(mem, chain) {
             Ok(w) => w,
             Err(e) => return self.malformed(head, "its writable part", &e),
@@ -369,6 +379,11 @@ impl FsDevice {
         };
         match handled {
             Ok(len) => {
+                if let Some(chain) = init {
+                    if create_lookup::grant(mem, &chain, len) {
+                        info!("virtio-fs share {:?}: one-request O_CREAT opens", self.tag);
+                    }
+                }
                 self.stats.request(opcode, bytes_in, len, started.elapsed());
                 u32::try_from(len).unwrap_or(u32::MAX)
             }

@@ -48,6 +48,11 @@ pub struct Levers {
     /// open() and close() is a round trip and every open drops the file's
     /// pages (close-to-open).
     pub no_open: bool,
+    /// One request per O_CREAT open of a name the guest has not looked up
+    /// (create_lookup.rs): hutch's guest kernel (patch 0004) sends CREATE
+    /// without a LOOKUP first, and the server answers an existing name with
+    /// its entry instead of opening it. Off: LOOKUP, then CREATE.
+    pub create_lookup: bool,
 }
 
 /// How long a directory's mtime must be in the past before its listing may
@@ -65,6 +70,7 @@ impl Default for Levers {
             irq_per_request: false,
             cache_dir: false,
             no_open: true,
+            create_lookup: true,
         }
     }
 }
@@ -105,10 +111,11 @@ impl Levers {
                 "irq_per_request" => self.irq_per_request = on,
                 "cache_dir" => self.cache_dir = on,
                 "no_open" => self.no_open = on,
+                "create_lookup" => self.create_lookup = on,
                 _ => {
                     return Err(bad(
                         "levers are flush, negative, writeback, irq_per_request, cache_dir, \
-                         no_open, timeout=S",
+                         no_open, create_lookup, timeout=S",
                     ))
                 }
             }
@@ -125,11 +132,13 @@ mod tests {
     fn defaults_and_overrides() {
         let d = Levers::default();
         assert!(!d.flush && d.negative && !d.writeback && !d.cache_dir && d.no_open);
+        assert!(d.create_lookup);
         let l = d
             .apply("+flush, -negative,+writeback,+irq_per_request,+cache_dir,-no_open,timeout=0.5")
             .unwrap();
         assert!(l.flush && !l.negative && l.writeback && l.irq_per_request && l.cache_dir);
-        assert!(!l.no_open);
+        assert!(!l.no_open && l.create_lookup);
+        assert!(!d.apply("-create_lookup").unwrap().create_lookup);
         assert_eq!(l.timeout, Duration::from_millis(500));
         assert_eq!(d.apply("").unwrap(), d);
     }

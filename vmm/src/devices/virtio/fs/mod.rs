@@ -12,6 +12,7 @@
 
 mod config;
 mod confine;
+mod create_lookup;
 mod device;
 mod dirs;
 mod error;

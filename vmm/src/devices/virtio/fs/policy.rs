@@ -24,6 +24,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
+use super::create_lookup::{FOPEN_HUTCH_EXISTS, FUSE_OPEN_HUTCH_LOOKUP};
 use super::dirs::{DirStreams, HostPath};
 use super::inodes::IssuedInodes;
 use super::levers::{Levers, SETTLED};
@@ -466,6 +467,32 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> PolicyFs<F> {
         let mode = safe_mode(args.mode & !args.umask, false);
         self.tmp.create(&dir, args.flags, mode, self.levers.timeout)
     }
+
+    /// CREATE as the guest asked it (its mode already made safe).
+    fn create_file(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        let creds = self.creds(ctx);
+        // Only a zero-message-open table can be out of descriptors to give back.
+        let (entry, handle, opts, passthrough) =
+            self.retry_out_of_fds(ctx, || self.inner.create(&creds, parent, name, args))?;
+        if !self.zero_open() {
+            return Ok((entry, handle, opts, passthrough));
+        }
+        // The guest gets handle 0 and will not release it; the descriptor
+        // CREATE opened serves the new file (openfiles.rs).
+        if let Some(h) = handle {
+            let (_, released) = self
+                .open_files
+                .adopt(entry.inode, h, args.flags, true, None);
+            self.release_all(ctx, released);
+        }
+        Ok((entry, None, opts, passthrough))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -725,26 +752,44 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.writable()?;
+        let or_lookup = args.fuse_flags & FUSE_OPEN_HUTCH_LOOKUP != 0;
         let args = CreateIn {
             mode: safe_mode(args.mode, false),
+            fuse_flags: args.fuse_flags & !FUSE_OPEN_HUTCH_LOOKUP,
             ..args
         };
-        let creds = self.creds(ctx);
-        // Only a zero-message-open table can be out of descriptors to give back.
-        let (entry, handle, opts, passthrough) =
-            self.retry_out_of_fds(ctx, || self.inner.create(&creds, parent, name, args))?;
-        if !self.zero_open() {
-            return Ok((entry, handle, opts, passthrough));
+        if or_lookup && self.levers.create_lookup && args.flags & libc::O_EXCL as u32 == 0 {
+            // The guest has not looked the name up (create_lookup.rs): create
+            // it exclusively, or answer with the entry of what is there.
+            let excl = CreateIn {
+                flags: args.flags | libc::O_EXCL as u32,
+                ..args
+            };
+            match self.create_file(ctx, parent, name, excl) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    match self.lookup(ctx, parent, name) {
+                        Ok(entry) if entry.inode == 0 => {} // removed in between
+                        Ok(entry) if entry.attr.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                            // The guest looks a directory up itself (one alias per directory).
+                            self.forget(ctx, entry.inode, 1);
+                            return Err(e);
+                        }
+                        Ok(entry) => {
+                            // SAFETY: `OpenOptions` is a plain u32 bit set; the unknown bit
+                            // is hutch's private flag, which the server copies into the reply.
+                            let exists =
+                                unsafe { OpenOptions::from_bits_unchecked(FOPEN_HUTCH_EXISTS) };
+                            return Ok((entry, None, exists, None));
+                        }
+                        Err(l) if l.raw_os_error() == Some(libc::ENOENT) => {}
+                        Err(l) => return Err(l),
+                    }
+                    // Removed in between: create it as asked.
+                }
+                other => return other,
+            }
         }
-        // The guest gets handle 0 and will not release it; the descriptor
-        // CREATE opened serves the new file (openfiles.rs).
-        if let Some(h) = handle {
-            let (_, released) = self
-                .open_files
-                .adopt(entry.inode, h, args.flags, true, None);
-            self.release_all(ctx, released);
-        }
-        Ok((entry, None, opts, passthrough))
+        self.create_file(ctx, parent, name, args)
     }
 
     fn read(

@@ -1,6 +1,7 @@
 //! Tests of the virtio-fs device: the queue path, the system-root policy and the vhost-user
 //! server.
 
+mod create_lookup;
 mod dirs;
 mod escape;
 mod fuse_driver;
