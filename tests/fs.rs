@@ -323,6 +323,49 @@ ls d | wc -l; cat kept target long";
     }
 );
 
+per_engine!(making_a_name_sends_no_lookup_first, |e: Engine| {
+    // mkdir, symlink and link of a new name go straight to the server
+    // (guest/kernel/patches/0005-…); a name that exists, even one the
+    // guest has never looked up, is still EEXIST, and `mkdir -p` goes
+    // through an existing directory.
+    let ws = hutch_e2e::workspace();
+    let root = ws.path();
+    std::fs::write(root.join("kept"), "k\n").unwrap();
+    std::fs::create_dir(root.join("pre")).unwrap();
+    let script =
+        "mkdir d; i=0; while [ $i -lt 30 ]; do mkdir d/m$i; ln -s x d/s$i; i=$((i+1)); done
+mkdir pre 2>/dev/null || echo exists
+mkdir -p pre/x/y && echo deep
+mkdir d/m0 2>/dev/null || echo exists
+ln -s y d/s0 2>/dev/null || echo exists
+ln kept d/h && ln kept d/h 2>/dev/null || echo exists
+ls d | wc -l; readlink d/s29";
+    let o = run_with_stats(e, root, script);
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    assert_eq!(
+        o.stdout_str(),
+        "exists\ndeep\nexists\nexists\nexists\n61\nx\n"
+    );
+    assert!(root.join("pre/x/y").is_dir());
+    assert_eq!(
+        std::fs::read_link(root.join("d/s29")).unwrap().to_str(),
+        Some("x")
+    );
+    assert_eq!(std::fs::read_to_string(root.join("d/h")).unwrap(), "k\n");
+    let ops = hutch_e2e::workspace_ops(&o.stderr);
+    eprintln!("workspace requests: {ops:?}");
+    let n = |op: &str| ops.get(op).copied().unwrap_or(0);
+    // A name the guest holds (d/s0, d/h) is refused without a request.
+    assert!(
+        n("MKDIR") >= 33 && n("SYMLINK") >= 30 && n("LINK") >= 1,
+        "{ops:?}"
+    );
+    assert!(
+        n("LOOKUP") < 15,
+        "each new name was looked up before it was made: {ops:?}"
+    );
+});
+
 per_engine!(
     creating_and_removing_files_costs_no_parent_getattr,
     |e: Engine| {

@@ -176,3 +176,46 @@ per_engine!(root_writes_stay_in_the_guest_and_tmp_works, |e: Engine| {
         );
     }
 });
+
+#[test]
+fn runs_on_the_cached_kernel_once_the_source_is_removed() {
+    // A user who built the kernel and then removed `linux-source-6.1` keeps
+    // running on the kernel this recipe built (vmm/src/kernel/without_source.rs).
+    hutch_e2e::on_engine(
+        "run::runs_on_the_cached_kernel_once_the_source_is_removed",
+        Engine::Qemu,
+        |e| {
+            let out = Hutch::new(["kernel", "path"]).output(None);
+            assert_eq!(out.status, 0, "{}", out.stderr);
+            let built = std::path::PathBuf::from(out.stdout_str().trim());
+            let cache = tempfile::tempdir().unwrap();
+            std::fs::create_dir(cache.path().join("kernel")).unwrap();
+            let linked = cache.path().join("kernel").join(built.file_name().unwrap());
+            std::os::unix::fs::symlink(&built, &linked).unwrap();
+            let env = [
+                ("HUTCH_CACHE_DIR", cache.path().as_os_str()),
+                (
+                    "HUTCH_KERNEL_SOURCE",
+                    OsStr::new("/nonexistent/linux-source.tar.xz"),
+                ),
+            ];
+            let mut path = Hutch::new(["kernel", "path"]);
+            path.cmd.envs(env);
+            let path = path.output(None);
+            assert_eq!(path.status, 0, "{}", path.stderr);
+            assert_eq!(path.stdout_str().trim(), linked.to_str().unwrap());
+
+            let ws = hutch_e2e::workspace();
+            let words = [
+                OsStr::new("sh"),
+                OsStr::new("-c"),
+                OsStr::new("echo booted"),
+            ];
+            let mut h = Hutch::new(run_args(e, ws.path(), &words));
+            h.cmd.envs(env);
+            let o = h.output(None);
+            assert_eq!(o.status, 0, "{}", o.stderr);
+            assert_eq!(o.stdout_str(), "booted\n");
+        },
+    );
+}

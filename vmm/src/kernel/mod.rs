@@ -11,6 +11,8 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+mod without_source;
+
 /// The x86_64 recipe files, as (relative path, content).
 pub const RECIPE: &[(&str, &str)] = &[
     ("build.sh", include_str!("../../../guest/kernel/build.sh")),
@@ -37,6 +39,10 @@ pub const RECIPE: &[(&str, &str)] = &[
     (
         "patches/0004-fuse-create-without-lookup.patch",
         include_str!("../../../guest/kernel/patches/0004-fuse-create-without-lookup.patch"),
+    ),
+    (
+        "patches/0005-fuse-no-lookup-before-mkdir.patch",
+        include_str!("../../../guest/kernel/patches/0005-fuse-no-lookup-before-mkdir.patch"),
     ),
 ];
 /// The arm64 recipe files, as (relative path, content).
@@ -259,7 +265,8 @@ pub fn cached() -> Result<Option<KernelImages>, KernelError> {
     cached_for(Arch::X86_64)
 }
 
-/// The cached `arch` kernel, if it was built.
+/// The cached `arch` kernel, if it was built. Without the source tarball,
+/// the newest kernel built from this recipe (without_source.rs).
 pub fn cached_for(arch: Arch) -> Result<Option<KernelImages>, KernelError> {
     if let Some(k) = override_dir(arch) {
         return if k.complete() {
@@ -268,11 +275,30 @@ pub fn cached_for(arch: Arch) -> Result<Option<KernelImages>, KernelError> {
             Err(k.missing())
         };
     }
-    let k = KernelImages {
-        dir: cache_dir_for(arch)?,
-        arch,
+    let recipe = recipe_hash(arch);
+    let dir = match cache_dir_for(arch) {
+        Ok(dir) => dir,
+        Err(KernelError::NoSource(tarball)) => {
+            let root = cache_root().join("kernel");
+            let complete = |dir: &Path| {
+                KernelImages {
+                    dir: dir.to_path_buf(),
+                    arch,
+                }
+                .complete()
+            };
+            return without_source::find(&root, arch.cache_prefix(), &recipe, complete)
+                .map(|dir| Some(KernelImages { dir, arch }))
+                .ok_or(KernelError::NoSource(tarball));
+        }
+        Err(e) => return Err(e),
     };
-    Ok(k.complete().then_some(k))
+    let k = KernelImages { dir, arch };
+    if !k.complete() {
+        return Ok(None);
+    }
+    without_source::mark(&k.dir, &recipe);
+    Ok(Some(k))
 }
 
 /// Builds the `arch` kernel into the cache (unless it is there), printing
@@ -286,7 +312,14 @@ pub fn build(arch: Arch, jobs: Option<usize>, force: bool) -> Result<KernelImage
         };
     }
     let tarball = source_tarball();
-    let dir = cache_dir_for(arch)?;
+    let dir = match cache_dir_for(arch) {
+        Ok(dir) => dir,
+        // Nothing to build from: a kernel this recipe built earlier will do.
+        Err(KernelError::NoSource(_)) if !force => {
+            return cached_for(arch)?.ok_or(KernelError::NoSource(tarball));
+        }
+        Err(e) => return Err(e),
+    };
     let k = KernelImages {
         dir: dir.clone(),
         arch,
@@ -301,6 +334,7 @@ pub fn build(arch: Arch, jobs: Option<usize>, force: bool) -> Result<KernelImage
         return Err(io("locking", &lock_path)(std::io::Error::last_os_error()));
     }
     if k.complete() && !force {
+        without_source::mark(&dir, &recipe_hash(arch));
         return Ok(k);
     }
     let work = root.join(format!(
@@ -347,6 +381,7 @@ pub fn build(arch: Arch, jobs: Option<usize>, force: bool) -> Result<KernelImage
         Some(0) if k.complete() => {
             // The extracted tree is ~1.5 GiB; the images are all we keep.
             let _ = std::fs::remove_dir_all(&work);
+            without_source::mark(&dir, &recipe_hash(arch));
             Ok(k)
         }
         Some(3) => Err(KernelError::MissingPrereqs),
