@@ -222,13 +222,9 @@ echo from-guest > back.txt; sync";
     }
 );
 
-/// `hutch run --stats WS -- sh -c SCRIPT` on `e`, to completion.
+/// `hutch run --stats WS -- sh -c SCRIPT` on `e` with the default levers.
 fn run_with_stats(e: Engine, ws: &std::path::Path, script: &str) -> hutch_e2e::Output {
-    let words = ["sh", "-c", script];
-    let argv: Vec<&std::ffi::OsStr> = words.iter().map(std::ffi::OsStr::new).collect();
-    let mut args = hutch_e2e::run_args(e, ws, &argv);
-    args.insert(1, "--stats".into());
-    hutch_e2e::Hutch::new(args).output(None)
+    hutch_e2e::run_script_with_stats(e, ws, script, "")
 }
 
 per_engine!(
@@ -290,13 +286,7 @@ ls d | wc -l; cat kept target long";
             std::fs::write(root.join("long"), "a longer host line\n").unwrap();
             std::fs::create_dir(root.join("sub")).unwrap();
             std::os::unix::fs::symlink("target", root.join("link")).unwrap();
-            let words = ["sh", "-c", script];
-            let argv: Vec<&std::ffi::OsStr> = words.iter().map(std::ffi::OsStr::new).collect();
-            let mut args = hutch_e2e::run_args(e, root, &argv);
-            args.insert(1, "--stats".into());
-            let mut h = hutch_e2e::Hutch::new(args);
-            h.cmd.env("HUTCH_FS_LEVERS", levers);
-            let o = h.output(None);
+            let o = hutch_e2e::run_script_with_stats(e, root, script, levers);
             assert_eq!(o.status, 0, "levers {levers:?}: {}", o.stderr);
             assert_eq!(
                 o.stdout_str(),

@@ -3,7 +3,6 @@
 //! the server once, and a host change to it still shows within the
 //! coherence bound.
 
-use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -35,12 +34,7 @@ fn requests(
     levers: &str,
     want: &str,
 ) -> std::collections::HashMap<String, u64> {
-    let argv: Vec<&OsStr> = ["sh", "-c", script].into_iter().map(OsStr::new).collect();
-    let mut args = hutch_e2e::run_args(e, ws, &argv);
-    args.insert(1, "--stats".into());
-    let mut h = hutch_e2e::Hutch::new(args);
-    h.cmd.env("HUTCH_FS_LEVERS", levers);
-    let o = h.output(None);
+    let o = hutch_e2e::run_script_with_stats(e, ws, script, levers);
     assert_eq!(o.status, 0, "{}", o.stderr);
     assert_eq!(o.stdout_str(), want);
     hutch_e2e::workspace_ops(&o.stderr)

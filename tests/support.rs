@@ -305,6 +305,17 @@ macro_rules! per_engine {
     };
 }
 
+/// `hutch run --stats WS -- sh -c SCRIPT` on `engine`, to completion, with
+/// `HUTCH_FS_LEVERS=levers` (empty: the defaults).
+pub fn run_script_with_stats(engine: Engine, ws: &Path, script: &str, levers: &str) -> Output {
+    let argv: Vec<&OsStr> = ["sh", "-c", script].into_iter().map(OsStr::new).collect();
+    let mut args = run_args(engine, ws, &argv);
+    args.insert(1, "--stats".into());
+    let mut h = Hutch::new(args);
+    h.cmd.env("HUTCH_FS_LEVERS", levers);
+    h.output(None)
+}
+
 /// Runs `cmd` with `stdin` fed in (or stdin closed), capturing its output.
 pub fn output_with_stdin(cmd: &mut Command, stdin: Option<&[u8]>) -> std::process::Output {
     let mut child = cmd
