@@ -6,8 +6,8 @@
 //! `vhost-user-fs-device`.
 //!
 //! Files: `config.rs` (share description, config space), `device.rs` (the device and queue
-//! processing), `confine.rs` (capabilities a server keeps), `landlock.rs` (paths a backend process may reach), `policy.rs` (the `FileSystem` wrapper enforcing a share's policy),
-//! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `fd_limit.rs` (RLIMIT_NOFILE), `dirs.rs` (the workspace's READDIR), `inodes.rs` (inodes handed to the guest), `tmpfiles.rs` (O_TMPFILE files), `openfiles.rs` (handles for a guest that sends no OPEN),
+//! processing), `confine.rs` (capabilities a server keeps), `landlock.rs` (paths a backend process may reach), `policy/` (the `FileSystem` wrapper enforcing a share's policy: its state and checks in `mod.rs`, the request handlers in `filesystem.rs`),
+//! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `fd_limit.rs` (RLIMIT_NOFILE), `dirs.rs` (the workspace's READDIR), `inodes.rs` (inodes handed to the guest), `tmpfiles.rs` (O_TMPFILE files), `openfiles.rs` (handles for a guest that sends no OPEN), `create_lookup.rs` (one-request O_CREAT opens),
 //! `vhost_user.rs` (vhost-user server), `error.rs`.
 
 mod config;
