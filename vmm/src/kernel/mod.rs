@@ -275,10 +275,10 @@ pub fn cached_for(arch: Arch) -> Result<Option<KernelImages>, KernelError> {
             Err(k.missing())
         };
     }
-    let recipe = recipe_hash(arch);
     let dir = match cache_dir_for(arch) {
         Ok(dir) => dir,
         Err(KernelError::NoSource(tarball)) => {
+            let recipe = recipe_hash(arch);
             let root = cache_root().join("kernel");
             let complete = |dir: &Path| {
                 KernelImages {
@@ -294,11 +294,7 @@ pub fn cached_for(arch: Arch) -> Result<Option<KernelImages>, KernelError> {
         Err(e) => return Err(e),
     };
     let k = KernelImages { dir, arch };
-    if !k.complete() {
-        return Ok(None);
-    }
-    without_source::mark(&k.dir, &recipe);
-    Ok(Some(k))
+    Ok(k.complete().then_some(k))
 }
 
 /// Builds the `arch` kernel into the cache (unless it is there), printing
@@ -334,7 +330,6 @@ pub fn build(arch: Arch, jobs: Option<usize>, force: bool) -> Result<KernelImage
         return Err(io("locking", &lock_path)(std::io::Error::last_os_error()));
     }
     if k.complete() && !force {
-        without_source::mark(&dir, &recipe_hash(arch));
         return Ok(k);
     }
     let work = root.join(format!(

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 /// The file in a kernel cache directory naming the recipe that built it.
 const MARKER: &str = "recipe";
 
-/// Records that `dir` was built from `recipe` (best effort: a directory
-/// without the record is only harder to find without the source).
+/// Records that `dir` was built from `recipe`, once its build completes
+/// (best effort: a directory without the record is only not found without
+/// the source). Nothing on the start-up path reads or writes it.
 pub fn mark(dir: &Path, recipe: &str) {
     let path = dir.join(MARKER);
     if std::fs::read_to_string(&path).ok().as_deref() != Some(recipe) {
