@@ -357,6 +357,89 @@ ls d | wc -l; readlink d/s29";
 });
 
 per_engine!(
+    renaming_onto_a_name_not_yet_looked_up_sends_no_lookup,
+    |e: Engine| {
+        // The guest kernel renames without looking the target name up
+        // (guest/kernel/patches/0006-…), and the server's reply names the
+        // inode the rename replaced: a file the guest holds under another
+        // name (a hard link it has stat'ed) shows its new link count at
+        // once, not after the attribute timeout. Renames over files the
+        // guest never looked up replace them; the host's EISDIR, ENOTDIR,
+        // ENOTEMPTY and (RENAME_NOREPLACE) EEXIST come back as they are.
+        // HUTCH_FS_LEVERS=-rename_report is the stock LOOKUP + RENAME.
+        let script = r#"python3 - <<'EOF'
+import ctypes, errno, os
+os.mkdir('d')
+for i in range(30):
+    open(f'd/f{i}', 'w').close()
+for i in range(30):
+    os.rename(f'd/f{i}', f'd/r{i}')
+with open('new', 'w') as f:
+    f.write('from guest\n')
+os.rename('new', 't/over')
+print('links', os.stat('t/h1').st_nlink)
+open('x', 'w').close()
+os.rename('x', 't/h2')
+print('links', os.stat('t/h1').st_nlink)
+def err(a, b):
+    try:
+        os.rename(a, b)
+        return 'renamed'
+    except OSError as e:
+        return errno.errorcode[e.errno]
+print(err('t/over', 't/adir'), err('t/adir', 't/over'), err('t/adir', 't/full'))
+libc = ctypes.CDLL(None, use_errno=True)
+rc = libc.renameat2(-100, b't/over', -100, b't/kept', 1)
+print('noreplace', errno.errorcode.get(ctypes.get_errno()) if rc else 'renamed')
+print(len(os.listdir('d')))
+print(open('t/over').read(), end='')
+EOF"#;
+        let mut lookups = Vec::new();
+        for levers in ["", "-rename_report"] {
+            let ws = hutch_e2e::workspace();
+            let root = ws.path();
+            // In a directory the guest never lists (python lists its
+            // working directory, which would put every name in its cache).
+            let t = root.join("t");
+            std::fs::create_dir(&t).unwrap();
+            std::fs::write(t.join("over"), "host bytes\n").unwrap();
+            std::fs::write(t.join("kept"), "kept\n").unwrap();
+            std::fs::write(t.join("h1"), "linked\n").unwrap();
+            std::fs::hard_link(t.join("h1"), t.join("h2")).unwrap();
+            std::fs::create_dir(t.join("adir")).unwrap();
+            std::fs::create_dir(t.join("full")).unwrap();
+            std::fs::write(t.join("full/x"), "x").unwrap();
+            let o = hutch_e2e::run_script_with_stats(e, root, script, levers);
+            assert_eq!(o.status, 0, "levers {levers:?}: {}", o.stderr);
+            assert_eq!(
+                o.stdout_str(),
+                "links 2\nlinks 1\nEISDIR ENOTDIR ENOTEMPTY\nnoreplace EEXIST\n30\nfrom guest\n",
+                "levers {levers:?}"
+            );
+            let read = |name: &str| std::fs::read_to_string(t.join(name)).unwrap();
+            assert_eq!(read("over"), "from guest\n");
+            assert_eq!(read("kept"), "kept\n");
+            assert_eq!(read("h2"), "");
+            assert_eq!(read("h1"), "linked\n");
+            assert!(root.join("d/r29").is_file() && !root.join("d/f0").exists());
+            let ops = hutch_e2e::workspace_ops(&o.stderr);
+            eprintln!("levers {levers:?}: workspace requests: {ops:?}");
+            let n = |op: &str| ops.get(op).copied().unwrap_or(0);
+            // With the lever, the host also answers the errors of names the
+            // guest never looked up; stock, the guest's LOOKUPs let it
+            // answer most of them itself.
+            let least = if levers.is_empty() { 34 } else { 32 };
+            assert!(n("RENAME") + n("RENAME2") >= least, "{ops:?}");
+            lookups.push(n("LOOKUP"));
+        }
+        assert!(
+            lookups[0] + 25 < lookups[1],
+            "each rename looked its target up: {lookups:?}"
+        );
+    }
+);
+
+per_engine!(
     creating_and_removing_files_costs_no_parent_getattr,
     |e: Engine| {
         // The guest kernel's FUSE keeps a directory's mode and owner valid

@@ -44,6 +44,10 @@ pub const RECIPE: &[(&str, &str)] = &[
         "patches/0005-fuse-no-lookup-before-mkdir.patch",
         include_str!("../../../guest/kernel/patches/0005-fuse-no-lookup-before-mkdir.patch"),
     ),
+    (
+        "patches/0006-fuse-rename-without-target-lookup.patch",
+        include_str!("../../../guest/kernel/patches/0006-fuse-rename-without-target-lookup.patch"),
+    ),
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[

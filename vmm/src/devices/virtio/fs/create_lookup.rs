@@ -11,8 +11,9 @@
 //! after a positive LOOKUP (following a symlink, truncating, checking
 //! permissions). A directory is answered EEXIST, and the guest looks it up.
 //!
-//! fuse-backend-rs drops INIT flags it does not know, so the grant is written
-//! into the INIT reply here, after the server has answered.
+//! fuse-backend-rs drops INIT flags it does not know, so the grant of this
+//! and the other private flags (rename_report.rs) is written into the INIT
+//! reply here, after the server has answered.
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
 
@@ -24,6 +25,9 @@ pub const FUSE_HUTCH_CREATE_LOOKUP: u64 = 1 << 63;
 pub const FUSE_OPEN_HUTCH_LOOKUP: u32 = 1 << 31;
 /// `fuse_open_out.open_flags`: the name existed; the entry is a LOOKUP's.
 pub const FOPEN_HUTCH_EXISTS: u32 = 1 << 31;
+
+/// Every hutch-private INIT flag this server knows.
+const PRIVATE: u64 = FUSE_HUTCH_CREATE_LOOKUP | super::rename_report::FUSE_HUTCH_RENAME_REPORT;
 
 /// `fuse_in_header` (40 bytes), then `fuse_init_in`: major, minor,
 /// max_readahead, flags (offset 52), then with INIT_EXT flags2 (offset 56).
@@ -37,19 +41,30 @@ const OUT_ERROR: u64 = 4;
 const INIT_OUT_FLAGS: u64 = 16 + 12;
 const INIT_OUT_FLAGS2: u64 = 16 + 32;
 
-/// Whether the guest's FUSE_INIT request offers [`FUSE_HUTCH_CREATE_LOOKUP`].
-pub fn init_offers<M: GuestMemory>(mem: &M, chain: &DescriptorChain<&M>) -> bool {
+/// The hutch-private INIT flags ([`FUSE_HUTCH_CREATE_LOOKUP`] and
+/// rename_report.rs's `FUSE_HUTCH_RENAME_REPORT`) among those the guest's
+/// FUSE_INIT request offers; 0 without INIT_EXT.
+pub fn init_offers<M: GuestMemory>(mem: &M, chain: &DescriptorChain<&M>) -> u64 {
     let flags = read_u32(mem, chain, false, INIT_IN_FLAGS).unwrap_or(0);
-    flags & INIT_EXT != 0
-        && read_u32(mem, chain, false, INIT_IN_FLAGS2)
-            .is_some_and(|f2| u64::from(f2) << 32 & FUSE_HUTCH_CREATE_LOOKUP != 0)
+    if flags & INIT_EXT == 0 {
+        return 0;
+    }
+    read_u32(mem, chain, false, INIT_IN_FLAGS2).map_or(0, |f2| u64::from(f2) << 32 & PRIVATE)
 }
 
-/// Grants [`FUSE_HUTCH_CREATE_LOOKUP`] in a successful INIT reply of
-/// `written` bytes, with INIT_EXT so that the guest reads `flags2` (the
-/// guest offered both). Returns whether it did.
-pub fn grant<M: GuestMemory>(mem: &M, chain: &DescriptorChain<&M>, written: usize) -> bool {
-    if (written as u64) < INIT_OUT_FLAGS2 + 4 || read_u32(mem, chain, true, OUT_ERROR) != Some(0) {
+/// Grants `bits` (of the private flags the guest offered) in a successful
+/// INIT reply of `written` bytes, with INIT_EXT so that the guest reads
+/// `flags2`. Returns whether it did.
+pub fn grant<M: GuestMemory>(
+    mem: &M,
+    chain: &DescriptorChain<&M>,
+    written: usize,
+    bits: u64,
+) -> bool {
+    if bits & PRIVATE == 0
+        || (written as u64) < INIT_OUT_FLAGS2 + 4
+        || read_u32(mem, chain, true, OUT_ERROR) != Some(0)
+    {
         return false;
     }
     let (Some(flags), Some(flags2)) = (
@@ -63,7 +78,7 @@ pub fn grant<M: GuestMemory>(mem: &M, chain: &DescriptorChain<&M>, written: usiz
             mem,
             chain,
             INIT_OUT_FLAGS2,
-            flags2 | (FUSE_HUTCH_CREATE_LOOKUP >> 32) as u32,
+            flags2 | ((bits & PRIVATE) >> 32) as u32,
         )
 }
 
@@ -84,7 +99,7 @@ fn byte_addr<M: GuestMemory>(
     None
 }
 
-fn read_u32<M: GuestMemory>(
+pub(super) fn read_u32<M: GuestMemory>(
     mem: &M,
     chain: &DescriptorChain<&M>,
     writable: bool,

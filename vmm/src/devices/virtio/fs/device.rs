@@ -20,8 +20,9 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestMemory};
 
 use super::config::{config_space, validate_tag, CONFIG_SPACE_LEN};
-use super::create_lookup;
+use super::create_lookup::{self, FUSE_HUTCH_CREATE_LOOKUP};
 use super::policy::PolicyFs;
+use super::rename_report::{self, FUSE_HUTCH_RENAME_REPORT, FUSE_RENAME2};
 use super::stats::FsStats;
 use super::{DirStreams, FsError, Levers, ShareConfig, SharePolicy};
 
@@ -51,8 +52,10 @@ pub struct FsDevice {
     malformed: AtomicU64,
     stats: FsStats,
     irq_per_request: bool,
-    /// Whether INIT may grant one-request O_CREAT opens (create_lookup.rs).
-    create_lookup: bool,
+    /// The hutch-private INIT flags this share may grant: one-request O_CREAT
+    /// opens (create_lookup.rs), renames that report what they replaced
+    /// (rename_report.rs).
+    private_flags: u64,
 }
 
 impl std::fmt::Debug for FsDevice {
@@ -178,7 +181,19 @@ impl FsDevice {
             malformed: AtomicU64::new(0),
             stats: FsStats::default(),
             irq_per_request: workspace && levers.irq_per_request,
-            create_lookup: workspace && levers.create_lookup,
+            private_flags: if workspace {
+                (if levers.create_lookup {
+                    FUSE_HUTCH_CREATE_LOOKUP
+                } else {
+                    0
+                }) | (if levers.rename_report {
+                    FUSE_HUTCH_RENAME_REPORT
+                } else {
+                    0
+                })
+            } else {
+                0
+            },
         })
     }
 
@@ -362,16 +377,24 @@ impl FsDevice {
             Err(e) => return self.malformed(head, "its readable part", &e),
         };
         let bytes_in = reader.available_bytes();
-        // INIT: the private flag fuse-backend-rs would drop is granted after it answers.
-        let init =
-            (opcode == FUSE_INIT && self.create_lookup && create_lookup::init_offers(mem, &chain))
-                .then(|| chain.clone());
+        // INIT: the private flags fuse-backend-rs would drop are granted after it answers.
+        let grant = if opcode == FUSE_INIT && self.private_flags != 0 {
+            create_lookup::init_offers(mem, &chain) & self.private_flags
+        } else {
+            0
+        };
+        let init = (grant != 0).then(|| chain.clone());
+        let reporting_rename = opcode == FUSE_RENAME2
+            && self.private_flags & FUSE_HUTCH_RENAME_REPORT != 0
+            && rename_report::is_marked(mem, &chain);
         let writer = match VirtioFsWriter::new(mem, chain) {
             Ok(w) => w,
             Err(e) => return self.malformed(head, "its writable part", &e),
         };
         let handled = if opcode == FUSE_TMPFILE {
             self.tmpfile(reader, writer)
+        } else if reporting_rename {
+            rename_report::serve(&self.fs, reader, writer)
         } else {
             self.server
                 .handle_message(reader, writer.into(), None, None)
@@ -380,8 +403,13 @@ impl FsDevice {
         match handled {
             Ok(len) => {
                 if let Some(chain) = init {
-                    if create_lookup::grant(mem, &chain, len) {
-                        info!("virtio-fs share {:?}: one-request O_CREAT opens", self.tag);
+                    if create_lookup::grant(mem, &chain, len, grant) {
+                        info!(
+                            "virtio-fs share {:?}: one-request O_CREAT opens: {}, renames without a target lookup: {}",
+                            self.tag,
+                            grant & FUSE_HUTCH_CREATE_LOOKUP != 0,
+                            grant & FUSE_HUTCH_RENAME_REPORT != 0
+                        );
                     }
                 }
                 self.stats.request(opcode, bytes_in, len, started.elapsed());

@@ -53,6 +53,11 @@ pub struct Levers {
     /// without a LOOKUP first, and the server answers an existing name with
     /// its entry instead of opening it. Off: LOOKUP, then CREATE.
     pub create_lookup: bool,
+    /// Renames without a LOOKUP of the target (rename_report.rs): hutch's
+    /// guest kernel (patch 0006) leaves the target name unlooked-up, and the
+    /// server's RENAME2 answers with the node id of the inode it replaced.
+    /// Off: LOOKUP, then RENAME.
+    pub rename_report: bool,
 }
 
 /// How long a directory's mtime must be in the past before its listing may
@@ -71,6 +76,7 @@ impl Default for Levers {
             cache_dir: false,
             no_open: true,
             create_lookup: true,
+            rename_report: true,
         }
     }
 }
@@ -112,10 +118,11 @@ impl Levers {
                 "cache_dir" => self.cache_dir = on,
                 "no_open" => self.no_open = on,
                 "create_lookup" => self.create_lookup = on,
+                "rename_report" => self.rename_report = on,
                 _ => {
                     return Err(bad(
                         "levers are flush, negative, writeback, irq_per_request, cache_dir, \
-                         no_open, create_lookup, timeout=S",
+                         no_open, create_lookup, rename_report, timeout=S",
                     ))
                 }
             }
@@ -139,6 +146,7 @@ mod tests {
         assert!(l.flush && !l.negative && l.writeback && l.irq_per_request && l.cache_dir);
         assert!(!l.no_open && l.create_lookup);
         assert!(!d.apply("-create_lookup").unwrap().create_lookup);
+        assert!(d.rename_report && !d.apply("-rename_report").unwrap().rename_report);
         assert_eq!(l.timeout, Duration::from_millis(500));
         assert_eq!(d.apply("").unwrap(), d);
     }

@@ -440,6 +440,40 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
         }
         Ok(())
     }
+
+    /// RENAME for a guest that did not look the target up
+    /// (rename_report.rs): renames, and returns the node id of the inode the
+    /// rename replaced, 0 if none. The id comes from a lookup of the target
+    /// just before the rename (given back right after), so a host change in
+    /// between can make it stale; the guest only marks that inode's
+    /// attributes stale, which is harmless for any inode.
+    pub fn rename_reporting(
+        &self,
+        ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<u64> {
+        self.writable()?;
+        let replaced = if flags & libc::RENAME_NOREPLACE != 0 {
+            None
+        } else {
+            self.inner
+                .lookup(ctx, newdir, newname)
+                .ok()
+                .map(|entry| entry.inode)
+                .filter(|&id| id != 0)
+        };
+        let renamed = self
+            .inner
+            .rename(ctx, olddir, oldname, newdir, newname, flags);
+        if let Some(id) = replaced {
+            self.inner.forget(ctx, id, 1);
+        }
+        renamed.map(|()| replaced.unwrap_or(0))
+    }
 }
 
 impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> PolicyFs<F> {

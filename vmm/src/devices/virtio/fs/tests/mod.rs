@@ -8,5 +8,6 @@ mod fuse_driver;
 mod openfiles;
 mod policy;
 mod queue;
+mod rename_report;
 mod tmpfile;
 mod vhost_user;
