@@ -439,6 +439,36 @@ EOF"#;
     }
 );
 
+per_engine!(isatty_of_a_shared_file_sends_no_request, |e: Engine| {
+    // A file or directory on the share is never a terminal: the guest
+    // kernel answers isatty()'s TCGETS itself (guest/kernel/patches/0007-…),
+    // where each one was a FUSE_IOCTL round trip (Python's open() asks for
+    // every file). Other ioctls (lsattr's FS_IOC_GETFLAGS) still reach the
+    // server.
+    let ws = hutch_e2e::workspace();
+    std::fs::write(ws.path().join("f"), "content\n").unwrap();
+    let script = r#"i=0; while [ $i -lt 30 ]; do [ -t 0 ] < f && echo tty; i=$((i+1)); done
+[ -t 0 ] < . && echo dir-tty
+python3 -c "
+import os
+for i in range(10):
+    with open('f') as f:
+        assert f.read() == 'content\n' and not f.isatty()
+print('python ok')"
+lsattr -d . >/dev/null 2>&1; echo lsattr done"#;
+    let o = run_with_stats(e, ws.path(), script);
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    assert_eq!(o.stdout_str(), "python ok\nlsattr done\n");
+    let ops = hutch_e2e::workspace_ops(&o.stderr);
+    eprintln!("workspace requests: {ops:?}");
+    let n = |op: &str| ops.get(op).copied().unwrap_or(0);
+    // lsattr's one FS_IOC_GETFLAGS; 41 isatty() calls sent none.
+    assert!(
+        (1..=3).contains(&n("IOCTL")),
+        "isatty() reached the server: {ops:?}"
+    );
+});
+
 per_engine!(
     creating_and_removing_files_costs_no_parent_getattr,
     |e: Engine| {

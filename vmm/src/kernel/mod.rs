@@ -48,6 +48,12 @@ pub const RECIPE: &[(&str, &str)] = &[
         "patches/0006-fuse-rename-without-target-lookup.patch",
         include_str!("../../../guest/kernel/patches/0006-fuse-rename-without-target-lookup.patch"),
     ),
+    (
+        "patches/0007-fuse-no-ioctl-round-trip-for-isatty.patch",
+        include_str!(
+            "../../../guest/kernel/patches/0007-fuse-no-ioctl-round-trip-for-isatty.patch"
+        ),
+    ),
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[
