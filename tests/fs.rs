@@ -439,6 +439,36 @@ EOF"#;
     }
 );
 
+per_engine!(
+    listings_include_dot_and_dotdot_as_on_the_host,
+    |e: Engine| {
+        // A workspace directory lists "." and ".." as the host file system
+        // does (ls -a, the shell's .* glob), through READDIR and READDIRPLUS
+        // alike (ls -l stats each entry, which makes the guest ask for
+        // READDIRPLUS), over several requests.
+        let ws = hutch_e2e::workspace();
+        let sub = ws.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join(".hidden"), "").unwrap();
+        for i in 0..400 {
+            std::fs::write(sub.join(format!("file-{i:03}")), "").unwrap();
+        }
+        let script = "ls -a sub | head -4; echo sub/.*; ls -fa sub | wc -l; ls -la sub | wc -l
+ls -la sub | awk '$NF == \".\" || $NF == \"..\" {print $1 \" \" $NF}' | cut -c1 ";
+        let o = run_with_stats(e, ws.path(), script);
+        assert_eq!(o.status, 0, "{}", o.stderr);
+        // ls -la: "total" plus 403 lines; both dot entries are directories.
+        assert_eq!(
+            o.stdout_str(),
+            ".\n..\n.hidden\nfile-000\nsub/. sub/.. sub/.hidden\n403\n404\nd\nd\n"
+        );
+        let ops = hutch_e2e::workspace_ops(&o.stderr);
+        eprintln!("workspace requests: {ops:?}");
+        let n = |op: &str| ops.get(op).copied().unwrap_or(0);
+        assert!(n("READDIR") >= 2 && n("READDIRPLUS") >= 2, "{ops:?}");
+    }
+);
+
 per_engine!(isatty_of_a_shared_file_sends_no_request, |e: Engine| {
     // A file or directory on the share is never a terminal: the guest
     // kernel answers isatty()'s TCGETS itself (guest/kernel/patches/0007-…),

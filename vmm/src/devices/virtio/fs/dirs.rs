@@ -7,8 +7,10 @@
 //! `d_ino` through to `getdents` and never uses it as a node id. So for every
 //! directory the guest opens, hutch opens a second descriptor of its own and
 //! answers READDIR straight from `getdents64`, reporting the host inode
-//! number as READDIRPLUS does. READDIRPLUS still goes to PassthroughFs: it
-//! must look entries up to return them.
+//! number as READDIRPLUS does. READDIRPLUS reads the same stream and looks
+//! each name up through PassthroughFs (`PolicyFs::readdirplus`), so the
+//! guest gets one listing, "." and ".." included as the host lists them,
+//! whichever of the two requests it sends for a chunk.
 //!
 //! The descriptor is opened by the directory's current host path, found from
 //! PassthroughFs's O_PATH descriptor, with `openat2(RESOLVE_BENEATH |
@@ -259,21 +261,19 @@ impl Stream {
             let name = CStr::from_bytes_until_nul(&rest[DIRENT_HEADER..reclen])
                 .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?
                 .to_bytes();
-            if name != b"." && name != b".." {
-                // (PassthroughFs's READDIRPLUS leaves them out too: the same
-                // listing whichever of the two the guest uses for a chunk.)
-                let entry = DirEntry {
-                    ino,
-                    offset: off,
-                    type_: u32::from(type_),
-                    name,
-                };
-                match add_entry(entry) {
-                    Ok(0) => return Ok(()),
-                    Ok(_) => added += 1,
-                    Err(e) if added == 0 => return Err(e),
-                    Err(_) => return Ok(()),
-                }
+            // "." and ".." too, as the host lists them (READDIRPLUS on the
+            // workspace reads this same stream: one listing for both).
+            let entry = DirEntry {
+                ino,
+                offset: off,
+                type_: u32::from(type_),
+                name,
+            };
+            match add_entry(entry) {
+                Ok(0) => return Ok(()),
+                Ok(_) => added += 1,
+                Err(e) if added == 0 => return Err(e),
+                Err(_) => return Ok(()),
             }
             self.at += reclen;
             self.next_off = off;

@@ -570,6 +570,13 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
         let Some(r) = &self.restrict else {
+            if let Some(done) = self.dirs.as_ref().and_then(|d| {
+                d.read(handle, size, offset, &mut |dirent| {
+                    self.plus_entry(ctx, inode, dirent, add_entry)
+                })
+            }) {
+                return done;
+            }
             return self
                 .inner
                 .readdirplus(ctx, inode, handle, size, offset, add_entry);

@@ -441,6 +441,38 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
         Ok(())
     }
 
+    /// One READDIRPLUS entry of the workspace from our own directory stream
+    /// (dirs.rs): "." and ".." go out as names only (node id 0, which the
+    /// guest never links), every other name with what a LOOKUP answers. A
+    /// name removed on the host since it was listed is left out.
+    fn plus_entry(
+        &self,
+        ctx: &Context,
+        dir: u64,
+        dirent: DirEntry,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        if dirent.name == b"." || dirent.name == b".." {
+            let mut entry = negative_entry_for(Duration::ZERO);
+            entry.attr.st_ino = dirent.ino;
+            entry.attr.st_mode = libc::S_IFDIR;
+            return add_entry(dirent, entry);
+        }
+        let name = std::ffi::CString::new(dirent.name).map_err(|_| err(libc::EIO))?;
+        let entry = match self.inner.lookup(ctx, dir, &name) {
+            Ok(entry) => entry,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(1),
+            Err(e) => return Err(e),
+        };
+        let ino = entry.inode;
+        let res = add_entry(dirent, entry);
+        // Not sent (the reply is full) or failed: the guest never got it.
+        if !matches!(res, Ok(n) if n > 0) {
+            self.inner.forget(ctx, ino, 1);
+        }
+        res
+    }
+
     /// RENAME for a guest that did not look the target up
     /// (rename_report.rs): renames, and returns the node id of the inode the
     /// rename replaced, 0 if none. The id comes from a lookup of the target
