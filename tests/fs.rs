@@ -469,6 +469,58 @@ ls -la sub | awk '$NF == \".\" || $NF == \"..\" {print $1 \" \" $NF}' | cut -c1 
     }
 );
 
+per_engine!(
+    ls_l_asks_no_xattrs_of_files_the_server_said_have_none,
+    |e: Engine| {
+        // `ls -l` asks for two xattrs of every file; the server's entries
+        // say which files have none (xattr_hint.rs, guest kernel patch
+        // 0008), and the guest answers those itself. A file with an xattr
+        // set on the host still shows it; one the guest sets shows at once.
+        // HUTCH_FS_LEVERS=-xattr_hint asks the server for every one.
+        let script = r#"ls -la d > /dev/null; ls -la d | wc -l
+python3 - <<'EOF'
+import errno, os
+print(os.listxattr('tagged'), os.getxattr('tagged', 'user.t'))
+print(os.listxattr('d/f1'))
+try:
+    os.getxattr('d/f1', 'user.x')
+except OSError as e:
+    print(errno.errorcode[e.errno])
+os.setxattr('d/f1', 'user.x', b'v')
+print(os.getxattr('d/f1', 'user.x'), os.listxattr('d/f1'))
+EOF"#;
+        let mut getxattrs = Vec::new();
+        for levers in ["", "-xattr_hint"] {
+            let ws = hutch_e2e::workspace();
+            let root = ws.path();
+            std::fs::create_dir(root.join("d")).unwrap();
+            for i in 0..200 {
+                std::fs::write(root.join(format!("d/f{i}")), "").unwrap();
+            }
+            std::fs::write(root.join("tagged"), "t").unwrap();
+            hutch_e2e::set_xattr(&root.join("tagged"), "user.t", b"host");
+            let o = hutch_e2e::run_script_with_stats(e, root, script, levers);
+            assert_eq!(o.status, 0, "levers {levers:?}: {}", o.stderr);
+            assert_eq!(
+                o.stdout_str(),
+                "203\n['user.t'] b'host'\n[]\nENODATA\nb'v' ['user.x']\n",
+                "levers {levers:?}"
+            );
+            assert_eq!(
+                hutch_e2e::get_xattr(&root.join("d/f1"), "user.x").as_deref(),
+                Some(&b"v"[..])
+            );
+            let ops = hutch_e2e::workspace_ops(&o.stderr);
+            eprintln!("levers {levers:?}: workspace requests: {ops:?}");
+            getxattrs.push(ops.get("GETXATTR").copied().unwrap_or(0));
+        }
+        assert!(
+            getxattrs[0] < 20 && getxattrs[1] >= 800,
+            "GETXATTR with and without the hints: {getxattrs:?}"
+        );
+    }
+);
+
 per_engine!(isatty_of_a_shared_file_sends_no_request, |e: Engine| {
     // A file or directory on the share is never a terminal: the guest
     // kernel answers isatty()'s TCGETS itself (guest/kernel/patches/0007-…),

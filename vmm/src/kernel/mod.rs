@@ -54,6 +54,12 @@ pub const RECIPE: &[(&str, &str)] = &[
             "../../../guest/kernel/patches/0007-fuse-no-ioctl-round-trip-for-isatty.patch"
         ),
     ),
+    (
+        "patches/0008-fuse-no-getxattr-when-the-server-says-none.patch",
+        include_str!(
+            "../../../guest/kernel/patches/0008-fuse-no-getxattr-when-the-server-says-none.patch"
+        ),
+    ),
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[

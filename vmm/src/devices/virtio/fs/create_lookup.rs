@@ -27,7 +27,9 @@ pub const FUSE_OPEN_HUTCH_LOOKUP: u32 = 1 << 31;
 pub const FOPEN_HUTCH_EXISTS: u32 = 1 << 31;
 
 /// Every hutch-private INIT flag this server knows.
-const PRIVATE: u64 = FUSE_HUTCH_CREATE_LOOKUP | super::rename_report::FUSE_HUTCH_RENAME_REPORT;
+const PRIVATE: u64 = FUSE_HUTCH_CREATE_LOOKUP
+    | super::rename_report::FUSE_HUTCH_RENAME_REPORT
+    | super::xattr_hint::FUSE_HUTCH_NOXATTR;
 
 /// `fuse_in_header` (40 bytes), then `fuse_init_in`: major, minor,
 /// max_readahead, flags (offset 52), then with INIT_EXT flags2 (offset 56).
@@ -41,8 +43,9 @@ const OUT_ERROR: u64 = 4;
 const INIT_OUT_FLAGS: u64 = 16 + 12;
 const INIT_OUT_FLAGS2: u64 = 16 + 32;
 
-/// The hutch-private INIT flags ([`FUSE_HUTCH_CREATE_LOOKUP`] and
-/// rename_report.rs's `FUSE_HUTCH_RENAME_REPORT`) among those the guest's
+/// The hutch-private INIT flags ([`FUSE_HUTCH_CREATE_LOOKUP`],
+/// rename_report.rs's `FUSE_HUTCH_RENAME_REPORT` and xattr_hint.rs's
+/// `FUSE_HUTCH_NOXATTR`) among those the guest's
 /// FUSE_INIT request offers; 0 without INIT_EXT.
 pub fn init_offers<M: GuestMemory>(mem: &M, chain: &DescriptorChain<&M>) -> u64 {
     let flags = read_u32(mem, chain, false, INIT_IN_FLAGS).unwrap_or(0);

@@ -24,6 +24,7 @@ use super::create_lookup::{self, FUSE_HUTCH_CREATE_LOOKUP};
 use super::policy::PolicyFs;
 use super::rename_report::{self, FUSE_HUTCH_RENAME_REPORT, FUSE_RENAME2};
 use super::stats::FsStats;
+use super::xattr_hint::FUSE_HUTCH_NOXATTR;
 use super::{DirStreams, FsError, Levers, ShareConfig, SharePolicy};
 
 /// The FUSE opcode of an unnamed file (O_TMPFILE), which fuse-backend-rs does not know.
@@ -182,15 +183,14 @@ impl FsDevice {
             stats: FsStats::default(),
             irq_per_request: workspace && levers.irq_per_request,
             private_flags: if workspace {
-                (if levers.create_lookup {
-                    FUSE_HUTCH_CREATE_LOOKUP
-                } else {
-                    0
-                }) | (if levers.rename_report {
-                    FUSE_HUTCH_RENAME_REPORT
-                } else {
-                    0
-                })
+                [
+                    (levers.create_lookup, FUSE_HUTCH_CREATE_LOOKUP),
+                    (levers.rename_report, FUSE_HUTCH_RENAME_REPORT),
+                    (levers.xattr_hint, FUSE_HUTCH_NOXATTR),
+                ]
+                .iter()
+                .filter(|(on, _)| *on)
+                .fold(0, |flags, (_, flag)| flags | flag)
             } else {
                 0
             },
@@ -404,11 +404,15 @@ impl FsDevice {
             Ok(len) => {
                 if let Some(chain) = init {
                     if create_lookup::grant(mem, &chain, len, grant) {
+                        if grant & FUSE_HUTCH_NOXATTR != 0 {
+                            self.fs.grant_xattr_hint();
+                        }
                         info!(
-                            "virtio-fs share {:?}: one-request O_CREAT opens: {}, renames without a target lookup: {}",
+                            "virtio-fs share {:?}: one-request O_CREAT opens: {}, renames without a target lookup: {}, xattr hints: {}",
                             self.tag,
                             grant & FUSE_HUTCH_CREATE_LOOKUP != 0,
-                            grant & FUSE_HUTCH_RENAME_REPORT != 0
+                            grant & FUSE_HUTCH_RENAME_REPORT != 0,
+                            grant & FUSE_HUTCH_NOXATTR != 0
                         );
                     }
                 }

@@ -58,6 +58,11 @@ pub struct Levers {
     /// server's RENAME2 answers with the node id of the inode it replaced.
     /// Off: LOOKUP, then RENAME.
     pub rename_report: bool,
+    /// Entries that say whether a file has extended attributes
+    /// (xattr_hint.rs): hutch's guest kernel (patch 0008) then answers
+    /// getxattr and listxattr itself for a file that has none, until its
+    /// attributes expire. Off: `ls -l` sends two GETXATTR per file.
+    pub xattr_hint: bool,
 }
 
 /// How long a directory's mtime must be in the past before its listing may
@@ -77,6 +82,7 @@ impl Default for Levers {
             no_open: true,
             create_lookup: true,
             rename_report: true,
+            xattr_hint: true,
         }
     }
 }
@@ -119,10 +125,11 @@ impl Levers {
                 "no_open" => self.no_open = on,
                 "create_lookup" => self.create_lookup = on,
                 "rename_report" => self.rename_report = on,
+                "xattr_hint" => self.xattr_hint = on,
                 _ => {
                     return Err(bad(
                         "levers are flush, negative, writeback, irq_per_request, cache_dir, \
-                         no_open, create_lookup, rename_report, timeout=S",
+                         no_open, create_lookup, rename_report, xattr_hint, timeout=S",
                     ))
                 }
             }
@@ -147,6 +154,7 @@ mod tests {
         assert!(!l.no_open && l.create_lookup);
         assert!(!d.apply("-create_lookup").unwrap().create_lookup);
         assert!(d.rename_report && !d.apply("-rename_report").unwrap().rename_report);
+        assert!(d.xattr_hint && !d.apply("-xattr_hint").unwrap().xattr_hint);
         assert_eq!(l.timeout, Duration::from_millis(500));
         assert_eq!(d.apply("").unwrap(), d);
     }

@@ -32,10 +32,11 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         let Some(r) = &self.restrict else {
             return match self.inner.lookup(ctx, parent, name) {
+                Ok(entry) => Ok(self.xattr_hint(ctx, entry)),
                 Err(e) if self.levers.negative && e.raw_os_error() == Some(libc::ENOENT) => {
                     Ok(negative_entry_for(self.levers.timeout))
                 }
-                other => other,
+                Err(e) => Err(e),
             };
         };
         r.check(parent)?;
@@ -296,10 +297,11 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
                     }
                     // Removed in between: create it as asked.
                 }
-                other => return other,
+                other => return other.map(|(e, h, o, p)| (self.xattr_hint(ctx, e), h, o, p)),
             }
         }
         self.create_file(ctx, parent, name, args)
+            .map(|(e, h, o, p)| (self.xattr_hint(ctx, e), h, o, p))
     }
 
     fn read(

@@ -12,6 +12,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{
@@ -31,6 +32,7 @@ use super::levers::{Levers, SETTLED};
 use super::openfiles::{Access, OpenFiles, Released};
 use super::secrets::{file_id, FileId, MaskedFiles};
 use super::tmpfiles::{is_tmp, TmpFiles};
+use super::xattr_hint::{FUSE_ATTR_HUTCH_NO_XATTR, FUSE_ATTR_HUTCH_XATTR_KNOWN};
 
 mod filesystem;
 
@@ -155,6 +157,9 @@ pub struct PolicyFs<F> {
     tmp: TmpFiles,
     /// The handles serving a guest that sends no OPEN (lever `no_open`).
     open_files: OpenFiles,
+    /// Whether entries say if a file has xattrs (xattr_hint.rs): set when
+    /// INIT grants it.
+    xattr_hint: AtomicBool,
 }
 
 impl<F> PolicyFs<F> {
@@ -170,6 +175,7 @@ impl<F> PolicyFs<F> {
             dirs: None,
             tmp: TmpFiles::default(),
             open_files: OpenFiles::default(),
+            xattr_hint: AtomicBool::new(false),
         }
     }
 
@@ -189,7 +195,16 @@ impl<F> PolicyFs<F> {
             dirs: None,
             tmp: TmpFiles::default(),
             open_files: OpenFiles::default(),
+            xattr_hint: AtomicBool::new(false),
         })
+    }
+
+    /// From now on, workspace entries say whether a file has xattrs
+    /// (xattr_hint.rs): the guest's INIT asked for it and it was granted.
+    pub fn grant_xattr_hint(&self) {
+        if self.restrict.is_none() && self.levers.xattr_hint {
+            self.xattr_hint.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Applies the workspace levers (FLUSH answered or not, negative
@@ -441,6 +456,27 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
         Ok(())
     }
 
+    /// `entry` with its attribute flags saying whether the host file has
+    /// any extended attribute, once granted (xattr_hint.rs). Not for
+    /// symlinks, which the host call would follow.
+    fn xattr_hint(&self, ctx: &Context, mut entry: Entry) -> Entry {
+        if entry.inode == 0
+            || is_tmp(entry.inode)
+            || entry.attr.st_mode & libc::S_IFMT == libc::S_IFLNK
+            || !self.xattr_hint.load(Ordering::Relaxed)
+        {
+            return entry;
+        }
+        match self.inner.listxattr(ctx, entry.inode, 0) {
+            Ok(ListxattrReply::Count(0)) => {
+                entry.attr_flags |= FUSE_ATTR_HUTCH_XATTR_KNOWN | FUSE_ATTR_HUTCH_NO_XATTR;
+            }
+            Ok(ListxattrReply::Count(_)) => entry.attr_flags |= FUSE_ATTR_HUTCH_XATTR_KNOWN,
+            _ => {}
+        }
+        entry
+    }
+
     /// One READDIRPLUS entry of the workspace from our own directory stream
     /// (dirs.rs): "." and ".." go out as names only (node id 0, which the
     /// guest never links), every other name with what a LOOKUP answers. A
@@ -465,7 +501,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
             Err(e) => return Err(e),
         };
         let ino = entry.inode;
-        let res = add_entry(dirent, entry);
+        let res = add_entry(dirent, self.xattr_hint(ctx, entry));
         // Not sent (the reply is full) or failed: the guest never got it.
         if !matches!(res, Ok(n) if n > 0) {
             self.inner.forget(ctx, ino, 1);

@@ -11,3 +11,4 @@ mod queue;
 mod rename_report;
 mod tmpfile;
 mod vhost_user;
+mod xattr_hint;
