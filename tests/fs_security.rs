@@ -20,35 +20,6 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn set_xattr(path: &Path, name: &str, value: &[u8]) {
-    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: NUL-terminated path and name; `value` is readable for its length.
-    let rc = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setxattr {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-}
-
-fn has_xattr(path: &Path, name: &str) -> bool {
-    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: NUL-terminated path and name; a null buffer of size 0 only asks the size.
-    unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
-}
-
 /// `outer/{secret, public}` with the workspace `outer/ws` next to them, and a second
 /// secret in a separate directory.
 struct Layout {
@@ -77,7 +48,7 @@ impl Layout {
         for dir in [outer.path(), other.path()] {
             let secret = dir.join("secret");
             std::fs::write(&secret, format!("{marker}\n")).unwrap();
-            set_xattr(&secret, "user.secret", marker.as_bytes());
+            hutch_e2e::set_xattr(&secret, "user.secret", marker.as_bytes());
         }
         std::fs::write(outer.path().join("public"), "HOSTLINK-OK\n").unwrap();
         std::fs::hard_link(outer.path().join("public"), ws.join("hostlink")).unwrap();
@@ -353,7 +324,7 @@ per_engine!(
             std::fs::read_to_string(l.outer.path().join("secret")).unwrap(),
             format!("{}\n", l.marker)
         );
-        assert!(!has_xattr(&l.outer.path().join("secret"), "user.planted"));
+        assert!(hutch_e2e::get_xattr(&l.outer.path().join("secret"), "user.planted").is_none());
         // Guest symlinks shaped like /proc magic links are plain links on the host.
         for (name, text) in [
             ("pfd", "/proc/self/fd/3"),
@@ -392,7 +363,7 @@ except OSError as e:
         let o = run(e, ws.path(), &["python3", "-c", script], None);
         let out = o.stdout_str();
         assert!(out.contains("setcap refused 1"), "{out}\n{}", o.stderr);
-        assert!(!has_xattr(&ws.path().join("prog"), "security.capability"));
+        assert!(hutch_e2e::get_xattr(&ws.path().join("prog"), "security.capability").is_none());
     }
 );
 

@@ -6,49 +6,20 @@
 use std::ffi::CString;
 use std::fs;
 use std::mem::size_of;
-use std::path::Path;
 
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, EntryOut, Opcode, OpenOut, OutHeader, ROOT_ID};
 use vm_memory::ByteValued;
 
-use super::fuse_driver::{exchange, guest_memory, Driver, Pending};
+use super::fuse_driver::{
+    exchange, guest_memory, init_ext as init, share as device, Driver, Pending,
+};
 use crate::devices::virtio::fs::create_lookup::{
     FOPEN_HUTCH_EXISTS, FUSE_HUTCH_CREATE_LOOKUP, FUSE_OPEN_HUTCH_LOOKUP,
 };
-use crate::devices::virtio::fs::{FsDevice, ShareConfig, SharePolicy};
+use crate::devices::virtio::fs::SharePolicy;
 
 const INIT_EXT: u32 = 1 << 30;
 const GRANT: u32 = (FUSE_HUTCH_CREATE_LOOKUP >> 32) as u32;
-
-fn device(dir: &Path, policy: SharePolicy) -> FsDevice {
-    FsDevice::new(ShareConfig {
-        tag: "work".into(),
-        source: dir.into(),
-        policy,
-    })
-    .unwrap()
-}
-
-/// FUSE_INIT as Linux 6.1 sends it: `fuse_init_in` with `flags2` and 11
-/// reserved words. Returns the reply's (flags, flags2).
-fn init(
-    dev: &FsDevice,
-    drv: &mut Driver<'_>,
-    q: &mut virtio_queue::Queue,
-    flags2: u32,
-) -> (u32, u32) {
-    let mut body = Vec::new();
-    for word in [7u32, 36, 0x2_0000, INIT_EXT, flags2] {
-        body.extend_from_slice(&word.to_le_bytes());
-    }
-    body.extend_from_slice(&[0u8; 44]);
-    let r = exchange(dev, drv, q, |d| {
-        vec![d.request(Opcode::Init, 0, &body, &[256])]
-    });
-    assert_eq!(r[0].0, 0, "INIT answered");
-    let word = |at: usize| u32::from_le_bytes(r[0].1[at..at + 4].try_into().unwrap());
-    (word(12), word(32))
-}
 
 fn create(d: &mut Driver<'_>, name: &str, flags: i32, marked: bool) -> Pending {
     let args = CreateIn {

@@ -297,3 +297,36 @@ pub fn exchange(
         })
         .collect()
 }
+
+/// A device serving `dir` under `policy`, tagged "work".
+pub fn share(dir: &std::path::Path, policy: crate::devices::virtio::fs::SharePolicy) -> FsDevice {
+    FsDevice::new(crate::devices::virtio::fs::ShareConfig {
+        tag: "work".into(),
+        source: dir.into(),
+        policy,
+    })
+    .unwrap()
+}
+
+/// FUSE_INIT as Linux 6.1 sends it, with INIT_EXT and `flags2` (where the
+/// hutch-private flags live) and 11 reserved words. Returns the reply's
+/// (flags, flags2).
+pub fn init_ext(
+    dev: &FsDevice,
+    drv: &mut Driver<'_>,
+    q: &mut virtio_queue::Queue,
+    flags2: u32,
+) -> (u32, u32) {
+    const INIT_EXT: u32 = 1 << 30;
+    let mut body = Vec::new();
+    for word in [7u32, 36, 0x2_0000, INIT_EXT, flags2] {
+        body.extend_from_slice(&word.to_le_bytes());
+    }
+    body.extend_from_slice(&[0u8; 44]);
+    let r = exchange(dev, drv, q, |d| {
+        vec![d.request(Opcode::Init, 0, &body, &[256])]
+    });
+    assert_eq!(r[0].0, 0, "INIT answered");
+    let word = |at: usize| u32::from_le_bytes(r[0].1[at..at + 4].try_into().unwrap());
+    (word(12), word(32))
+}

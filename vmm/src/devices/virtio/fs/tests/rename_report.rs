@@ -6,44 +6,24 @@
 use std::ffi::CString;
 use std::fs;
 use std::mem::size_of;
-use std::path::Path;
 
 use fuse_backend_rs::abi::fuse_abi::{EntryOut, Opcode, OutHeader, Rename2In, ROOT_ID};
 use vm_memory::ByteValued;
 
-use super::fuse_driver::{exchange, guest_memory, Driver, Pending};
+use super::fuse_driver::{exchange, guest_memory, init_ext, share as device, Driver, Pending};
 use crate::devices::virtio::fs::create_lookup::FUSE_HUTCH_CREATE_LOOKUP;
 use crate::devices::virtio::fs::rename_report::{
     FUSE_HUTCH_RENAME_REPORT, FUSE_RENAME2, FUSE_RENAME_HUTCH_REPORT,
 };
-use crate::devices::virtio::fs::{FsDevice, ShareConfig, SharePolicy};
+use crate::devices::virtio::fs::{FsDevice, SharePolicy};
 
-const INIT_EXT: u32 = 1 << 30;
 const GRANT: u32 = (FUSE_HUTCH_RENAME_REPORT >> 32) as u32;
 const CREATE_GRANT: u32 = (FUSE_HUTCH_CREATE_LOOKUP >> 32) as u32;
 const REPORT_REPLY: u32 = (size_of::<OutHeader>() + 8) as u32;
 
-fn device(dir: &Path, policy: SharePolicy) -> FsDevice {
-    FsDevice::new(ShareConfig {
-        tag: "work".into(),
-        source: dir.into(),
-        policy,
-    })
-    .unwrap()
-}
-
-/// FUSE_INIT with INIT_EXT and `flags2`; returns the reply's `flags2`.
+/// INIT offering `flags2`; the reply's `flags2`.
 fn init(dev: &FsDevice, drv: &mut Driver<'_>, q: &mut virtio_queue::Queue, flags2: u32) -> u32 {
-    let mut body = Vec::new();
-    for word in [7u32, 36, 0x2_0000, INIT_EXT, flags2] {
-        body.extend_from_slice(&word.to_le_bytes());
-    }
-    body.extend_from_slice(&[0u8; 44]);
-    let r = exchange(dev, drv, q, |d| {
-        vec![d.request(Opcode::Init, 0, &body, &[256])]
-    });
-    assert_eq!(r[0].0, 0, "INIT answered");
-    u32::from_le_bytes(r[0].1[32..36].try_into().unwrap())
+    init_ext(dev, drv, q, flags2).1
 }
 
 /// RENAME2 in the root directory, with `names` as the raw bytes after

@@ -12,17 +12,21 @@ use fuse_backend_rs::abi::fuse_abi::{CreateIn, EntryOut, FsOptions, Opcode, OutH
 use fuse_backend_rs::api::filesystem::{Context, FileSystem};
 use fuse_backend_rs::passthrough::{Config, PassthroughFs};
 
-use super::fuse_driver::{exchange, guest_memory, Driver, Pending};
+use super::fuse_driver::{exchange, guest_memory, init_ext, share as device, Driver, Pending};
 use crate::devices::virtio::fs::xattr_hint::{
     FUSE_ATTR_HUTCH_NO_XATTR, FUSE_ATTR_HUTCH_XATTR_KNOWN, FUSE_HUTCH_NOXATTR,
 };
-use crate::devices::virtio::fs::{DirStreams, FsDevice, PolicyFs, ShareConfig, SharePolicy};
+use crate::devices::virtio::fs::{DirStreams, FsDevice, PolicyFs, SharePolicy};
 
-const INIT_EXT: u32 = 1 << 30;
 const GRANT: u32 = (FUSE_HUTCH_NOXATTR >> 32) as u32;
 const NONE: u32 = FUSE_ATTR_HUTCH_XATTR_KNOWN | FUSE_ATTR_HUTCH_NO_XATTR;
 const SOME: u32 = FUSE_ATTR_HUTCH_XATTR_KNOWN;
 const HINTS: u32 = NONE;
+
+/// INIT offering `flags2`; the reply's `flags2`.
+fn init(dev: &FsDevice, drv: &mut Driver<'_>, q: &mut virtio_queue::Queue, flags2: u32) -> u32 {
+    init_ext(dev, drv, q, flags2).1
+}
 
 /// `tagged` has a user xattr, `plain` none, `link` is a symlink to `plain`.
 fn fixture(root: &Path) {
@@ -41,28 +45,6 @@ fn fixture(root: &Path) {
     };
     assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
     std::os::unix::fs::symlink("plain", root.join("link")).unwrap();
-}
-
-fn device(dir: &Path, policy: SharePolicy) -> FsDevice {
-    FsDevice::new(ShareConfig {
-        tag: "work".into(),
-        source: dir.into(),
-        policy,
-    })
-    .unwrap()
-}
-
-fn init(dev: &FsDevice, drv: &mut Driver<'_>, q: &mut virtio_queue::Queue, flags2: u32) -> u32 {
-    let mut body = Vec::new();
-    for word in [7u32, 36, 0x2_0000, INIT_EXT, flags2] {
-        body.extend_from_slice(&word.to_le_bytes());
-    }
-    body.extend_from_slice(&[0u8; 44]);
-    let r = exchange(dev, drv, q, |d| {
-        vec![d.request(Opcode::Init, 0, &body, &[256])]
-    });
-    assert_eq!(r[0].0, 0, "INIT answered");
-    u32::from_le_bytes(r[0].1[32..36].try_into().unwrap())
 }
 
 fn lookup(d: &mut Driver<'_>, name: &str) -> Pending {
