@@ -20,8 +20,9 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestMemory};
 
 use super::config::{config_space, validate_tag, CONFIG_SPACE_LEN};
-use super::create_lookup::{self, FUSE_HUTCH_CREATE_LOOKUP};
+use super::create_lookup::FUSE_HUTCH_CREATE_LOOKUP;
 use super::policy::PolicyFs;
+use super::private_init;
 use super::rename_report::{self, FUSE_HUTCH_RENAME_REPORT, FUSE_RENAME2};
 use super::stats::FsStats;
 use super::xattr_hint::FUSE_HUTCH_NOXATTR;
@@ -379,7 +380,7 @@ impl FsDevice {
         let bytes_in = reader.available_bytes();
         // INIT: the private flags fuse-backend-rs would drop are granted after it answers.
         let grant = if opcode == FUSE_INIT && self.private_flags != 0 {
-            create_lookup::init_offers(mem, &chain) & self.private_flags
+            private_init::init_offers(mem, &chain) & self.private_flags
         } else {
             0
         };
@@ -403,7 +404,7 @@ impl FsDevice {
         match handled {
             Ok(len) => {
                 if let Some(chain) = init {
-                    if create_lookup::grant(mem, &chain, len, grant) {
+                    if private_init::grant(mem, &chain, len, grant) {
                         if grant & FUSE_HUTCH_NOXATTR != 0 {
                             self.fs.grant_xattr_hint();
                         }

@@ -23,7 +23,7 @@ use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 
-use super::create_lookup::read_u32;
+use super::private_init::read_u32;
 use super::ShareFs;
 
 /// INIT flag (bit 30 of `flags2`): RENAME2 may ask which inode it replaced.

@@ -1,0 +1,116 @@
+//! The hutch-private FUSE INIT flags: which ones the guest offers, and the
+//! grant written into the INIT reply.
+//!
+//! hutch's guest kernel offers extensions of its own in the upper half of
+//! the 64-bit INIT flags (`flags2`): one-request O_CREAT opens
+//! (create_lookup.rs), renames that report what they replaced
+//! (rename_report.rs) and entries that say whether a file has xattrs
+//! (xattr_hint.rs). fuse-backend-rs drops INIT flags it does not know, so
+//! the device reads the offer from the request and writes the grant into
+//! the reply after the server has answered. The byte helpers also serve
+//! requests the device inspects before fuse-backend-rs parses them.
+
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
+
+use virtio_queue::DescriptorChain;
+
+/// Every hutch-private INIT flag this server knows.
+const PRIVATE: u64 = super::create_lookup::FUSE_HUTCH_CREATE_LOOKUP
+    | super::rename_report::FUSE_HUTCH_RENAME_REPORT
+    | super::xattr_hint::FUSE_HUTCH_NOXATTR;
+
+/// `fuse_in_header` (40 bytes), then `fuse_init_in`: major, minor,
+/// max_readahead, flags (offset 52), then with INIT_EXT flags2 (offset 56).
+const INIT_IN_FLAGS: u64 = 52;
+const INIT_IN_FLAGS2: u64 = 56;
+/// FUSE_INIT_EXT: `fuse_init_in` carries `flags2`.
+const INIT_EXT: u32 = 1 << 30;
+/// `fuse_out_header` (16 bytes: len, error, unique), then `fuse_init_out`,
+/// whose `flags2` is at offset 32.
+const OUT_ERROR: u64 = 4;
+const INIT_OUT_FLAGS: u64 = 16 + 12;
+const INIT_OUT_FLAGS2: u64 = 16 + 32;
+
+/// The hutch-private INIT flags (create_lookup.rs's
+/// `FUSE_HUTCH_CREATE_LOOKUP`, rename_report.rs's `FUSE_HUTCH_RENAME_REPORT` and xattr_hint.rs's
+/// `FUSE_HUTCH_NOXATTR`) among those the guest's
+/// FUSE_INIT request offers; 0 without INIT_EXT.
+pub fn init_offers<M: GuestMemory>(mem: &M, chain: &DescriptorChain<&M>) -> u64 {
+    let flags = read_u32(mem, chain, false, INIT_IN_FLAGS).unwrap_or(0);
+    if flags & INIT_EXT == 0 {
+        return 0;
+    }
+    read_u32(mem, chain, false, INIT_IN_FLAGS2).map_or(0, |f2| u64::from(f2) << 32 & PRIVATE)
+}
+
+/// Grants `bits` (of the private flags the guest offered) in a successful
+/// INIT reply of `written` bytes, with INIT_EXT so that the guest reads
+/// `flags2`. Returns whether it did.
+pub fn grant<M: GuestMemory>(
+    mem: &M,
+    chain: &DescriptorChain<&M>,
+    written: usize,
+    bits: u64,
+) -> bool {
+    if bits & PRIVATE == 0
+        || (written as u64) < INIT_OUT_FLAGS2 + 4
+        || read_u32(mem, chain, true, OUT_ERROR) != Some(0)
+    {
+        return false;
+    }
+    let (Some(flags), Some(flags2)) = (
+        read_u32(mem, chain, true, INIT_OUT_FLAGS),
+        read_u32(mem, chain, true, INIT_OUT_FLAGS2),
+    ) else {
+        return false;
+    };
+    write_u32(mem, chain, INIT_OUT_FLAGS, flags | INIT_EXT)
+        && write_u32(
+            mem,
+            chain,
+            INIT_OUT_FLAGS2,
+            flags2 | ((bits & PRIVATE) >> 32) as u32,
+        )
+}
+
+/// The guest address of byte `offset` of the chain's readable (or writable)
+/// part, which may span descriptors.
+fn byte_addr<M: GuestMemory>(
+    chain: &DescriptorChain<&M>,
+    writable: bool,
+    mut offset: u64,
+) -> Option<GuestAddress> {
+    for d in chain.clone().filter(|d| d.is_write_only() == writable) {
+        let len = u64::from(d.len());
+        if offset < len {
+            return d.addr().checked_add(offset);
+        }
+        offset -= len;
+    }
+    None
+}
+
+pub(super) fn read_u32<M: GuestMemory>(
+    mem: &M,
+    chain: &DescriptorChain<&M>,
+    writable: bool,
+    offset: u64,
+) -> Option<u32> {
+    let mut b = [0u8; 4];
+    for (i, byte) in b.iter_mut().enumerate() {
+        let addr = byte_addr(chain, writable, offset + i as u64)?;
+        *byte = mem.read_obj(addr).ok()?;
+    }
+    Some(u32::from_le_bytes(b))
+}
+
+fn write_u32<M: GuestMemory>(
+    mem: &M,
+    chain: &DescriptorChain<&M>,
+    offset: u64,
+    value: u32,
+) -> bool {
+    value.to_le_bytes().iter().enumerate().all(|(i, byte)| {
+        byte_addr(chain, true, offset + i as u64).is_some_and(|a| mem.write_obj(*byte, a).is_ok())
+    })
+}
