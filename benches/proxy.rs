@@ -3,6 +3,8 @@
 //! (Debian package `tinyproxy`; skipped with a reason when it is not
 //! installed). All traffic is on 127.0.0.1.
 //! Usage: hutch-bench-proxy [MIB] [CONNECTS] [RUNS]
+//! `HUTCH_BENCH_PIPES=65536,262144` adds hutch columns with those tunnel
+//! pipe sizes (the shipped size is `hutch_proxy::splice::PIPE_SIZE`).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -41,8 +43,9 @@ async fn sink_server() -> SocketAddr {
     addr
 }
 
-/// hutch-proxy on its own runtime thread, as a sandbox's proxy runs.
-fn start_hutch() -> SocketAddr {
+/// hutch-proxy on its own runtime thread, as a sandbox's proxy runs; `pipe`
+/// overrides its tunnels' pipe size.
+fn start_hutch(pipe: Option<usize>) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let workers = std::env::var("HUTCH_BENCH_PROXY_THREADS")
@@ -57,9 +60,13 @@ fn start_hutch() -> SocketAddr {
             .expect("proxy runtime");
         rt.block_on(async move {
             let policy = Policy::from_rules(&["127.0.0.1/32"], &[]).expect("rule");
+            let mut config = Config::new("bench", policy);
+            if let Some(p) = pipe {
+                config.relay_pipe_bytes = p;
+            }
             let (proxy, listener) = Proxy::bind(
                 "127.0.0.1:0".parse().expect("addr"),
-                Config::new("bench", policy),
+                config,
                 Arc::new(SystemResolver),
             )
             .await
@@ -211,12 +218,22 @@ async fn main() {
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
 
     let sink = sink_server().await;
-    let hutch = start_hutch();
+    let hutch = start_hutch(None);
     let tiny = start_tinyproxy();
     let mut paths = vec![("direct", Path::Direct), ("hutch", Path::Via(hutch))];
     match &tiny {
         Ok(t) => paths.push(("tinyproxy", Path::Via(t.addr))),
         Err(why) => println!("tinyproxy comparison skipped: {why}"),
+    }
+    // HUTCH_BENCH_PIPES=65536,262144: more hutch columns, with those pipe sizes.
+    let pipes: Vec<usize> = std::env::var("HUTCH_BENCH_PIPES")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    for p in &pipes {
+        let name: &'static str = format!("pipe-{}k", p / 1024).leak();
+        paths.push((name, Path::Via(start_hutch(Some(*p)))));
     }
 
     // Set-up latency: direct = TCP connect; proxies = TCP connect + CONNECT + 200.
@@ -265,12 +282,15 @@ async fn main() {
         "hutch throughput / direct:      {:.2}x  (target >= 0.90x)",
         tput[1] / tput[0]
     );
-    if paths.len() == 3 {
+    if tiny.is_ok() {
         let p50 = |i: usize| us(percentile(&setup[i], 0.5));
         println!(
             "hutch set-up p50 / tinyproxy:   {:.2}x  (target <= 1.20x)",
             p50(1) / p50(2)
         );
         println!("tinyproxy throughput / direct:  {:.2}x", tput[2] / tput[0]);
+    }
+    for (i, (name, _)) in paths.iter().enumerate().skip(2 + usize::from(tiny.is_ok())) {
+        println!("{name} throughput / direct: {:.2}x", tput[i] / tput[0]);
     }
 }

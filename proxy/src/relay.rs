@@ -55,8 +55,14 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     .await;
 }
 
-/// A CONNECT tunnel: 200, then bytes both ways until both sides close.
-pub async fn tunnel<C: Client>(mut client: C, mut upstream: TcpStream, rest: &[u8]) -> (u64, u64) {
+/// A CONNECT tunnel: 200, then bytes both ways until both sides close;
+/// sockets are spliced through pipes of `pipe_bytes`.
+pub async fn tunnel<C: Client>(
+    mut client: C,
+    mut upstream: TcpStream,
+    rest: &[u8],
+    pipe_bytes: usize,
+) -> (u64, u64) {
     if client.write_all(ESTABLISHED).await.is_err() {
         return (0, 0);
     }
@@ -65,7 +71,7 @@ pub async fn tunnel<C: Client>(mut client: C, mut upstream: TcpStream, rest: &[u
     }
     let early = rest.len() as u64;
     if let Some(c) = client.splice_io() {
-        return match splice::relay(c, &upstream).await {
+        return match splice::relay(c, &upstream, pipe_bytes).await {
             Ok((up, down)) => (early + up, down),
             Err(splice::SpliceError::Relay { up, down, .. }) => (early + up, down),
             Err(splice::SpliceError::Pipe(_)) => (early, 0),

@@ -80,6 +80,8 @@ pub struct Config {
     pub native_roots: bool,
     /// More trusted roots for upstream TLS (PEM files), e.g. a test CA.
     pub upstream_roots: Vec<PathBuf>,
+    /// Pipe size for each direction of a spliced CONNECT tunnel.
+    pub relay_pipe_bytes: usize,
 }
 
 impl Config {
@@ -97,6 +99,7 @@ impl Config {
             ca_dir: None,
             native_roots: true,
             upstream_roots: Vec::new(),
+            relay_pipe_bytes: crate::splice::PIPE_SIZE,
         }
     }
 }
@@ -288,7 +291,9 @@ impl Proxy {
                 let client = Prefixed::new(rest, client);
                 return self.intercept(client, upstream, cred, tls, entry).await;
             }
-            (Request::Connect { .. }, _, _) => tunnel(client, upstream, &rest).await,
+            (Request::Connect { .. }, _, _) => {
+                tunnel(client, upstream, &rest, self.config.relay_pipe_bytes).await
+            }
             (Request::Forward { head, .. }, cred, _) => {
                 let (head, filter) = match cred {
                     Some(c) => (

@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 
-/// Pipe capacity asked for (the unprivileged maximum by default).
-const PIPE_SIZE: usize = 1 << 20;
+/// Pipe capacity asked for by default (the unprivileged maximum by default).
+pub const PIPE_SIZE: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpliceError {
@@ -72,7 +72,7 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn new() -> io::Result<Pipe> {
+    fn new(want: usize) -> io::Result<Pipe> {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
@@ -80,9 +80,9 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both descriptors are open and ours alone.
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let want = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
         // SAFETY: F_SETPIPE_SZ on a pipe we own; failure leaves the default size.
-        let got =
-            unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+        let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
         let size = usize::try_from(got).unwrap_or(64 * 1024).max(4096);
         Ok(Pipe { r, w, size })
     }
@@ -138,8 +138,13 @@ async fn io_op(
 /// pipe and gives what the pipe holds to `dst`, and waits only when neither
 /// can move, for whichever side would let it. Neither socket sits idle
 /// while the other drains.
-async fn pump(src: &dyn SpliceIo, dst: &dyn SpliceIo, count: &AtomicU64) -> io::Result<()> {
-    let pipe = Pipe::new()?;
+async fn pump(
+    src: &dyn SpliceIo,
+    dst: &dyn SpliceIo,
+    pipe_bytes: usize,
+    count: &AtomicU64,
+) -> io::Result<()> {
+    let pipe = Pipe::new(pipe_bytes)?;
     let (s, d) = (src.as_raw_fd(), dst.as_raw_fd());
     let (pr, pw) = (pipe.r.as_raw_fd(), pipe.w.as_raw_fd());
     let (mut held, mut eof) = (0usize, false);
@@ -217,11 +222,16 @@ async fn copy_pump(src: &dyn SpliceIo, dst: &dyn SpliceIo, count: &AtomicU64) ->
     }
 }
 
-/// Relays both ways until both sides have closed (or one fails). Returns
-/// the bytes moved a -> b and b -> a.
-pub async fn relay(a: &dyn SpliceIo, b: &dyn SpliceIo) -> Result<(u64, u64), SpliceError> {
+/// Relays both ways until both sides have closed (or one fails), through a
+/// pipe of `pipe_bytes` each way (rounded by the kernel). Returns the bytes
+/// moved a -> b and b -> a.
+pub async fn relay(
+    a: &dyn SpliceIo,
+    b: &dyn SpliceIo,
+    pipe_bytes: usize,
+) -> Result<(u64, u64), SpliceError> {
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let result = tokio::try_join!(pump(a, b, &up), pump(b, a, &down));
+    let result = tokio::try_join!(pump(a, b, pipe_bytes, &up), pump(b, a, pipe_bytes, &down));
     let (up, down) = (up.into_inner(), down.into_inner());
     match result {
         Ok(_) => Ok((up, down)),
@@ -245,7 +255,8 @@ mod tests {
     async fn relays_tcp_to_unix_both_ways_with_half_close() {
         let (mut client, proxy_side) = pair().await;
         let (unix_proxy_side, mut far) = UnixStream::pair().unwrap();
-        let relay = tokio::spawn(async move { relay(&proxy_side, &unix_proxy_side).await });
+        let relay =
+            tokio::spawn(async move { relay(&proxy_side, &unix_proxy_side, PIPE_SIZE).await });
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let send = data.clone();
         let writer = tokio::spawn(async move {
@@ -263,5 +274,25 @@ mod tests {
         drop(far);
         assert_eq!(writer.await.unwrap(), b"reply");
         assert_eq!(relay.await.unwrap().unwrap(), (3_000_000, 5));
+    }
+
+    #[tokio::test]
+    async fn a_one_page_pipe_still_relays_everything_in_order() {
+        let (mut client, proxy_side) = pair().await;
+        let (upstream_side, mut far) = pair().await;
+        let relay = tokio::spawn(async move { relay(&proxy_side, &upstream_side, 4096).await });
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+        let send = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&send).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        far.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "{} bytes of {}", got.len(), data.len());
+        drop(far);
+        drop(writer.await.unwrap());
+        assert_eq!(relay.await.unwrap().unwrap(), (1_000_000, 0));
     }
 }
