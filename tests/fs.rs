@@ -521,6 +521,85 @@ EOF"#;
     }
 );
 
+per_engine!(
+    a_big_listing_takes_an_eighth_of_the_readdir_requests,
+    |e: Engine| {
+        // The guest reads a listing 32 KiB per READDIR (big_readdir.rs,
+        // guest kernel patch 0009) instead of one page: `ls -f` of 4,000
+        // entries. HUTCH_FS_LEVERS=-big_readdir is the stock page per
+        // request. Then, with the lever on, every name arrives exactly once
+        // through `ls -f`, `ls -l` (READDIRPLUS after lookups), os.listdir
+        // and a caller whose getdents64 buffer takes 512 bytes at a time
+        // (the entries that did not fit are asked for again from their
+        // offset).
+        let ws = hutch_e2e::workspace();
+        let root = ws.path();
+        std::fs::create_dir(root.join("d")).unwrap();
+        for i in 0..4000 {
+            std::fs::write(root.join(format!("d/f{i:04}")), "").unwrap();
+        }
+        let mut readdirs = Vec::new();
+        for levers in ["", "-big_readdir"] {
+            let o = hutch_e2e::run_script_with_stats(e, root, "ls -f d | wc -l", levers);
+            assert_eq!(o.status, 0, "levers {levers:?}: {}", o.stderr);
+            assert_eq!(o.stdout_str(), "4002\n", "levers {levers:?}");
+            let ops = hutch_e2e::workspace_ops(&o.stderr);
+            eprintln!("levers {levers:?}: workspace requests: {ops:?}");
+            readdirs.push(ops.get("READDIR").copied().unwrap_or(0));
+        }
+        assert!(
+            readdirs[0] <= 8 && readdirs[1] >= 30,
+            "READDIR with and without 32 KiB chunks: {readdirs:?}"
+        );
+        let script = r#"ls -f d | LC_ALL=C sort | md5sum; ls -l d | tail -n +2 | awk '{print $NF}' | wc -l
+python3 - <<'EOF'
+import ctypes, os, struct
+want = {'f%04d' % i for i in range(4000)}
+names = os.listdir('d')
+print('listdir', len(names), set(names) == want)
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open('d', os.O_RDONLY | os.O_DIRECTORY)
+buf = ctypes.create_string_buffer(512)
+small, calls = [], 0
+while True:
+    n = libc.syscall(217, fd, buf, 512)
+    assert n >= 0, os.strerror(ctypes.get_errno())
+    if n == 0:
+        break
+    calls += 1
+    raw, at = buf.raw[:n], 0
+    while at < n:
+        reclen = struct.unpack_from('H', raw, at + 16)[0]
+        small.append(raw[at + 19:at + reclen].split(b'\0')[0].decode())
+        at += reclen
+print('small', len(small), set(small) == want | {'.', '..'}, calls > 200)
+EOF"#;
+        let o = hutch_e2e::run_script_with_stats(e, root, script, "");
+        assert_eq!(o.status, 0, "{}", o.stderr);
+        let mut names: Vec<String> = (0..4000).map(|i| format!("f{i:04}")).collect();
+        names.extend([".".to_string(), "..".to_string()]);
+        names.sort();
+        let listing = names.iter().map(|n| format!("{n}\n")).collect::<String>();
+        let sum = std::process::Command::new("md5sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(listing.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("md5sum on the host");
+        assert_eq!(
+            o.stdout_str(),
+            format!(
+                "{}4000\nlistdir 4000 True\nsmall 4002 True True\n",
+                String::from_utf8_lossy(&sum.stdout)
+            )
+        );
+    }
+);
+
 per_engine!(isatty_of_a_shared_file_sends_no_request, |e: Engine| {
     // A file or directory on the share is never a terminal: the guest
     // kernel answers isatty()'s TCGETS itself (guest/kernel/patches/0007-…),

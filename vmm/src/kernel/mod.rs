@@ -60,6 +60,10 @@ pub const RECIPE: &[(&str, &str)] = &[
             "../../../guest/kernel/patches/0008-fuse-no-getxattr-when-the-server-says-none.patch"
         ),
     ),
+    (
+        "patches/0009-fuse-bigger-readdir-chunks.patch",
+        include_str!("../../../guest/kernel/patches/0009-fuse-bigger-readdir-chunks.patch"),
+    ),
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[

@@ -19,6 +19,7 @@ use virtio_bindings::bindings::virtio_ring::{
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestMemory};
 
+use super::big_readdir::FUSE_HUTCH_BIG_READDIR;
 use super::config::{config_space, validate_tag, CONFIG_SPACE_LEN};
 use super::create_lookup::FUSE_HUTCH_CREATE_LOOKUP;
 use super::policy::PolicyFs;
@@ -188,6 +189,7 @@ impl FsDevice {
                     (levers.create_lookup, FUSE_HUTCH_CREATE_LOOKUP),
                     (levers.rename_report, FUSE_HUTCH_RENAME_REPORT),
                     (levers.xattr_hint, FUSE_HUTCH_NOXATTR),
+                    (levers.big_readdir, FUSE_HUTCH_BIG_READDIR),
                 ]
                 .iter()
                 .filter(|(on, _)| *on)

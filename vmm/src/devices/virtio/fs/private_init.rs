@@ -4,8 +4,8 @@
 //! hutch's guest kernel offers extensions of its own in the upper half of
 //! the 64-bit INIT flags (`flags2`): one-request O_CREAT opens
 //! (create_lookup.rs), renames that report what they replaced
-//! (rename_report.rs) and entries that say whether a file has xattrs
-//! (xattr_hint.rs). fuse-backend-rs drops INIT flags it does not know, so
+//! (rename_report.rs), entries that say whether a file has xattrs
+//! (xattr_hint.rs) and listings read 32 KiB at a time (big_readdir.rs). fuse-backend-rs drops INIT flags it does not know, so
 //! the device reads the offer from the request and writes the grant into
 //! the reply after the server has answered. The byte helpers also serve
 //! requests the device inspects before fuse-backend-rs parses them.
@@ -17,7 +17,8 @@ use virtio_queue::DescriptorChain;
 /// Every hutch-private INIT flag this server knows.
 const PRIVATE: u64 = super::create_lookup::FUSE_HUTCH_CREATE_LOOKUP
     | super::rename_report::FUSE_HUTCH_RENAME_REPORT
-    | super::xattr_hint::FUSE_HUTCH_NOXATTR;
+    | super::xattr_hint::FUSE_HUTCH_NOXATTR
+    | super::big_readdir::FUSE_HUTCH_BIG_READDIR;
 
 /// `fuse_in_header` (40 bytes), then `fuse_init_in`: major, minor,
 /// max_readahead, flags (offset 52), then with INIT_EXT flags2 (offset 56).
@@ -32,8 +33,8 @@ const INIT_OUT_FLAGS: u64 = 16 + 12;
 const INIT_OUT_FLAGS2: u64 = 16 + 32;
 
 /// The hutch-private INIT flags (create_lookup.rs's
-/// `FUSE_HUTCH_CREATE_LOOKUP`, rename_report.rs's `FUSE_HUTCH_RENAME_REPORT` and xattr_hint.rs's
-/// `FUSE_HUTCH_NOXATTR`) among those the guest's
+/// `FUSE_HUTCH_CREATE_LOOKUP`, rename_report.rs's `FUSE_HUTCH_RENAME_REPORT`, xattr_hint.rs's
+/// `FUSE_HUTCH_NOXATTR` and big_readdir.rs's `FUSE_HUTCH_BIG_READDIR`) among those the guest's
 /// FUSE_INIT request offers; 0 without INIT_EXT.
 pub fn init_offers<M: GuestMemory>(mem: &M, chain: &DescriptorChain<&M>) -> u64 {
     let flags = read_u32(mem, chain, false, INIT_IN_FLAGS).unwrap_or(0);
