@@ -12,7 +12,8 @@ use std::task::{Context, Poll};
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 
-/// Pipe capacity asked for by default (the unprivileged maximum by default).
+/// Pipe capacity a tunnel asks for unless configured otherwise (the
+/// unprivileged maximum on a default system).
 pub const PIPE_SIZE: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]

@@ -19,7 +19,6 @@ use virtio_bindings::bindings::virtio_ring::{
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestMemory};
 
-use super::big_readdir::FUSE_HUTCH_BIG_READDIR;
 use super::config::{config_space, validate_tag, CONFIG_SPACE_LEN};
 use super::create_lookup::FUSE_HUTCH_CREATE_LOOKUP;
 use super::policy::PolicyFs;
@@ -185,15 +184,7 @@ impl FsDevice {
             stats: FsStats::default(),
             irq_per_request: workspace && levers.irq_per_request,
             private_flags: if workspace {
-                [
-                    (levers.create_lookup, FUSE_HUTCH_CREATE_LOOKUP),
-                    (levers.rename_report, FUSE_HUTCH_RENAME_REPORT),
-                    (levers.xattr_hint, FUSE_HUTCH_NOXATTR),
-                    (levers.big_readdir, FUSE_HUTCH_BIG_READDIR),
-                ]
-                .iter()
-                .filter(|(on, _)| *on)
-                .fold(0, |flags, (_, flag)| flags | flag)
+                private_init::workspace_grants(&levers)
             } else {
                 0
             },

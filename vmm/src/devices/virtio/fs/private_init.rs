@@ -14,11 +14,44 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
 
 use virtio_queue::DescriptorChain;
 
-/// Every hutch-private INIT flag this server knows.
-const PRIVATE: u64 = super::create_lookup::FUSE_HUTCH_CREATE_LOOKUP
-    | super::rename_report::FUSE_HUTCH_RENAME_REPORT
-    | super::xattr_hint::FUSE_HUTCH_NOXATTR
-    | super::big_readdir::FUSE_HUTCH_BIG_READDIR;
+use super::Levers;
+
+/// Whether a lever is on.
+type LeverOn = fn(&Levers) -> bool;
+
+/// Every hutch-private INIT flag this server knows, with the workspace
+/// lever that grants it. A new extension adds one row here.
+const FLAGS: [(u64, LeverOn); 4] = [
+    (super::create_lookup::FUSE_HUTCH_CREATE_LOOKUP, |l| {
+        l.create_lookup
+    }),
+    (super::rename_report::FUSE_HUTCH_RENAME_REPORT, |l| {
+        l.rename_report
+    }),
+    (super::xattr_hint::FUSE_HUTCH_NOXATTR, |l| l.xattr_hint),
+    (super::big_readdir::FUSE_HUTCH_BIG_READDIR, |l| {
+        l.big_readdir
+    }),
+];
+
+/// The union of [`FLAGS`].
+const PRIVATE: u64 = {
+    let mut all = 0;
+    let mut i = 0;
+    while i < FLAGS.len() {
+        all |= FLAGS[i].0;
+        i += 1;
+    }
+    all
+};
+
+/// The private flags a workspace with `levers` grants when offered.
+pub fn workspace_grants(levers: &Levers) -> u64 {
+    FLAGS
+        .iter()
+        .filter(|(_, on)| on(levers))
+        .fold(0, |all, (flag, _)| all | flag)
+}
 
 /// `fuse_in_header` (40 bytes), then `fuse_init_in`: major, minor,
 /// max_readahead, flags (offset 52), then with INIT_EXT flags2 (offset 56).
@@ -32,9 +65,7 @@ const OUT_ERROR: u64 = 4;
 const INIT_OUT_FLAGS: u64 = 16 + 12;
 const INIT_OUT_FLAGS2: u64 = 16 + 32;
 
-/// The hutch-private INIT flags (create_lookup.rs's
-/// `FUSE_HUTCH_CREATE_LOOKUP`, rename_report.rs's `FUSE_HUTCH_RENAME_REPORT`, xattr_hint.rs's
-/// `FUSE_HUTCH_NOXATTR` and big_readdir.rs's `FUSE_HUTCH_BIG_READDIR`) among those the guest's
+/// The hutch-private INIT flags ([`FLAGS`]) among those the guest's
 /// FUSE_INIT request offers; 0 without INIT_EXT.
 pub fn init_offers<M: GuestMemory>(mem: &M, chain: &DescriptorChain<&M>) -> u64 {
     let flags = read_u32(mem, chain, false, INIT_IN_FLAGS).unwrap_or(0);
@@ -114,4 +145,33 @@ fn write_u32<M: GuestMemory>(
     value.to_le_bytes().iter().enumerate().all(|(i, byte)| {
         byte_addr(chain, true, offset + i as u64).is_some_and(|a| mem.write_obj(*byte, a).is_ok())
     })
+}
+
+#[cfg(test)]
+mod grant_tests {
+    use super::*;
+
+    #[test]
+    fn each_lever_grants_its_own_flag_only() {
+        assert_eq!(workspace_grants(&Levers::default()), PRIVATE);
+        for (flag, name) in [
+            (
+                super::super::create_lookup::FUSE_HUTCH_CREATE_LOOKUP,
+                "create_lookup",
+            ),
+            (
+                super::super::rename_report::FUSE_HUTCH_RENAME_REPORT,
+                "rename_report",
+            ),
+            (super::super::xattr_hint::FUSE_HUTCH_NOXATTR, "xattr_hint"),
+            (
+                super::super::big_readdir::FUSE_HUTCH_BIG_READDIR,
+                "big_readdir",
+            ),
+        ] {
+            let off = Levers::default().apply(&format!("-{name}")).unwrap();
+            assert_eq!(workspace_grants(&off), PRIVATE & !flag, "-{name}");
+        }
+        assert_eq!(PRIVATE.count_ones(), 4);
+    }
 }
