@@ -4,9 +4,13 @@
 #   hutch      in a qemu-engine guest, the workspace served by hutch's backend;
 #   virtiofsd  the same kernel and guest, the workspace served by virtiofsd
 #              (crates.io, default flags, --cache auto) over vhost-user;
-#   native     hutch's own VMM, only where /dev/kvm is real (kvm_intel/amd).
+#   native     hutch's own VMM, only where /dev/kvm is real (kvm_intel/amd);
+#   hutch-b    only with HUTCH_B_LEVERS set: hutch again, with those levers
+#              (HUTCH_FS_LEVERS syntax, docs/fs-levers.md), so a lever's effect
+#              is measured in the same run; the table adds hutch-b ÷ hutch.
 # Ways alternate within each round; the table shows medians over rounds.
 #   benches/fs3way.sh [ROUNDS]       (VIRTIOFSD=path to skip installing it)
+#   HUTCH_B_LEVERS=irq_window=10 FS3WAY_WAYS="hutch hutch-b" benches/fs3way.sh 4
 # The workspace lives under $TMPDIR (default /tmp): all three ways use it, so
 # pick a file system whose create cost is steady (see docs/fs-levers.md).
 set -euo pipefail
@@ -57,6 +61,7 @@ way() {
     case $1 in
     host) (cd "$ws" && sh workloads.sh) ;;
     hutch) guest qemu ;;
+    hutch-b) HUTCH_FS_LEVERS=$HUTCH_B_LEVERS guest qemu ;;
     native) guest native ;;
     virtiofsd)
         local sock=$work/virtiofsd.sock
@@ -71,12 +76,27 @@ way() {
     esac
 }
 
-ways=(host hutch virtiofsd)
-grep -qE '^kvm_(intel|amd) ' /proc/modules && ways+=(native)
+# FS3WAY_WAYS picks ways (say "hutch hutch-b" to time a lever alone).
+read -r -a ways <<<"${FS3WAY_WAYS:-host hutch virtiofsd}"
+if [ -z "${FS3WAY_WAYS:-}" ]; then
+    if grep -qE '^kvm_(intel|amd) ' /proc/modules 2>/dev/null; then ways+=(native); fi
+    if [ -n "${HUTCH_B_LEVERS:-}" ]; then ways+=(hutch-b); fi
+fi
+for w in "${ways[@]}"; do
+    case $w in
+    host | hutch | virtiofsd | native) ;;
+    hutch-b) [ -n "${HUTCH_B_LEVERS:-}" ] || { say "hutch-b needs HUTCH_B_LEVERS"; exit 2; } ;;
+    *) say "unknown way $w (host, hutch, virtiofsd, native, hutch-b)"; exit 2 ;;
+    esac
+done
 mkdir -p target/fsbench
 for r in $(seq 1 "$ROUNDS"); do
+    # Odd rounds in the given order, even rounds reversed.
     order=("${ways[@]}")
-    [ $((r % 2)) -eq 0 ] && order=(host virtiofsd hutch "${ways[@]:3}")
+    if [ $((r % 2)) -eq 0 ]; then
+        order=()
+        for ((i = ${#ways[@]} - 1; i >= 0; i--)); do order+=("${ways[i]}"); done
+    fi
     for w in "${order[@]}"; do
         say "round $r/$ROUNDS: $w"
         fresh

@@ -4,12 +4,14 @@
 Lines: `WAY ROUND fsops PHASE OPS SECONDS` and `WAY ROUND workload NAME US`.
 Loop phases show ops/s (higher is better) and hutch/virtiofsd as a speed-up;
 workloads show seconds (lower is better) and hutch/virtiofsd as a time ratio.
+A `hutch-b` way (fs3way.sh with HUTCH_B_LEVERS) adds a column comparing it
+with `hutch`: the effect of a lever, measured in the same run.
 """
 import statistics
 import sys
 from collections import defaultdict
 
-WAYS = ["host", "hutch", "virtiofsd", "native"]
+WAYS = ["host", "hutch", "virtiofsd", "native", "hutch-b"]
 
 
 def main(path):
@@ -41,16 +43,21 @@ def main(path):
         return "-" if v is None else fmt.format(v)
 
     head = " | ".join(ways)
-    print(f"| loop phase (ops/s; MiB/s for *_mib) | {head} | hutch ÷ virtiofsd |")
-    print("|---" * (len(ways) + 2) + "|")
+    b = "hutch-b" in ways
+    bhead = " | hutch-b ÷ hutch" if b else ""
+    print(f"| loop phase (ops/s; MiB/s for *_mib) | {head} | hutch ÷ virtiofsd{bhead} |")
+    print("|---" * (len(ways) + 2 + b) + "|")
     for p in phases:
         vals = [med(rate, (p, w)) for w in ways]
         h, v = med(rate, (p, "hutch")), med(rate, (p, "virtiofsd"))
         ratio = cell(h / v if h and v else None, "{:.2f}×")
+        if b:
+            hb = med(rate, (p, "hutch-b"))
+            ratio += " | " + cell(hb / h if hb and h else None, "{:.2f}×")
         print(f"| {p} | " + " | ".join(cell(x, "{:,.0f}") for x in vals) + f" | {ratio} |")
     print()
-    print(f"| workload (seconds) | {head} | hutch ÷ virtiofsd | hutch ÷ host |")
-    print("|---" * (len(ways) + 3) + "|")
+    print(f"| workload (seconds) | {head} | hutch ÷ virtiofsd | hutch ÷ host{bhead} |")
+    print("|---" * (len(ways) + 3 + b) + "|")
     for n in loads:
         vals = []
         for w in ways:
@@ -61,6 +68,9 @@ def main(path):
         h, v, o = (med(secs, (n, w)) for w in ("hutch", "virtiofsd", "host"))
         r1 = cell(h / v if h and v else None, "{:.2f}×")
         r2 = cell(h / o if h and o else None, "{:.1f}×")
+        if b:
+            hb = med(secs, (n, "hutch-b"))
+            r2 += " | " + cell(hb / h if hb and h else None, "{:.2f}×")
         print(f"| {n} | " + " | ".join(vals) + f" | {r1} | {r2} |")
     rounds = max((len(x) for x in list(rate.values()) + list(secs.values())), default=0)
     print(f"\nmedians of {rounds} round(s); raw lines in {path}")

@@ -5,6 +5,7 @@ use std::fs;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, EntryOut, InHeader, OpenOut, OutHeader};
 use fuse_backend_rs::api::filesystem::Context;
@@ -22,6 +23,7 @@ use vm_memory::{Address, Bytes, GuestMemory};
 use super::config::{config_space, validate_tag, CONFIG_SPACE_LEN};
 use super::create_lookup::FUSE_HUTCH_CREATE_LOOKUP;
 use super::policy::PolicyFs;
+use super::poll::{self, Drain};
 use super::private_init;
 use super::rename_report::{self, FUSE_HUTCH_RENAME_REPORT, FUSE_RENAME2};
 use super::stats::FsStats;
@@ -53,7 +55,10 @@ pub struct FsDevice {
     /// Chains answered with 0 bytes because they were malformed (for tests and metrics).
     malformed: AtomicU64,
     stats: FsStats,
-    irq_per_request: bool,
+    /// When a vhost-user worker interrupts besides once per batch (a lever).
+    irq_window: Option<Duration>,
+    /// How long a vhost-user worker watches the request queue after a batch (poll.rs).
+    poll: Duration,
     /// The hutch-private INIT flags this share may grant: one-request O_CREAT
     /// opens (create_lookup.rs), renames that report what they replaced
     /// (rename_report.rs).
@@ -182,7 +187,12 @@ impl FsDevice {
             fs,
             malformed: AtomicU64::new(0),
             stats: FsStats::default(),
-            irq_per_request: workspace && levers.irq_per_request,
+            irq_window: if workspace { levers.irq_window } else { None },
+            poll: if workspace {
+                levers.poll
+            } else {
+                Duration::ZERO
+            },
             private_flags: if workspace {
                 private_init::workspace_grants(&levers)
             } else {
@@ -208,9 +218,16 @@ impl FsDevice {
         &self.source
     }
 
-    /// Whether a vhost-user transport should interrupt per request (a lever).
-    pub fn irq_per_request(&self) -> bool {
-        self.irq_per_request
+    /// When a vhost-user transport interrupts besides once per batch: as soon
+    /// as the oldest untold answer is this old (a lever; `None`: never).
+    pub fn irq_window(&self) -> Option<Duration> {
+        self.irq_window
+    }
+
+    /// How long a vhost-user worker watches the request queue for the next
+    /// request after a batch (a lever; zero for the system root).
+    pub fn poll(&self) -> Duration {
+        self.poll
     }
 
     /// The share's tag.
@@ -223,12 +240,12 @@ impl FsDevice {
         self.policy
     }
 
-    /// Number of descriptor chains answered with 0 bytes because they were malformed.
     /// The device's request counters.
     pub fn stats(&self) -> &FsStats {
         &self.stats
     }
 
+    /// Number of descriptor chains answered with 0 bytes because they were malformed.
     pub fn malformed_chains(&self) -> u64 {
         self.malformed.load(Ordering::Relaxed)
     }
@@ -258,7 +275,7 @@ impl FsDevice {
         mem: &M,
         queue: &mut Queue,
     ) -> Result<bool, FsError> {
-        self.process_queue_signalling(mem, queue, None)
+        self.process_queue_with(mem, queue, Drain::batch())
     }
 
     /// [`Self::process_queue`], but with `signal` the device interrupts the
@@ -270,7 +287,30 @@ impl FsDevice {
         &self,
         mem: &M,
         queue: &mut Queue,
-        mut signal: Option<&mut dyn FnMut()>,
+        signal: Option<&mut dyn FnMut()>,
+    ) -> Result<bool, FsError> {
+        let irq_window = signal.is_some().then_some(Duration::ZERO);
+        self.process_queue_with(
+            mem,
+            queue,
+            Drain {
+                signal,
+                irq_window,
+                poll: Duration::ZERO,
+            },
+        )
+    }
+
+    /// Drains `queue` as `drain` says: who interrupts the driver, how often,
+    /// and how long to watch the ring for more before returning (poll.rs;
+    /// only with EVENT_IDX and a `signal`, since the batch's interrupt must
+    /// go out before the watch). Returns whether a notification is still
+    /// owed to the driver (never, with a `signal`).
+    pub fn process_queue_with<M: GuestMemory>(
+        &self,
+        mem: &M,
+        queue: &mut Queue,
+        mut drain: Drain<'_>,
     ) -> Result<bool, FsError> {
         let desc_table = queue.desc_table();
         let queue_err = |op, source| FsError::Queue {
@@ -280,8 +320,22 @@ impl FsDevice {
             source,
         };
         let mut used_any = false;
+        // Whether some used element has not been announced with `signal` yet,
+        // and since when (timed only for an interrupt window).
+        let mut untold = false;
+        let mut untold_since: Option<std::time::Instant> = None;
         self.confine_thread();
         self.stats.notification();
+        let notify_now = |queue: &mut Queue, signal: &mut dyn FnMut()| {
+            let notify = queue
+                .needs_notification(mem)
+                .map_err(|e| queue_err("checking whether to notify", e))?;
+            if notify {
+                self.stats.interrupt();
+                signal();
+            }
+            Ok::<(), FsError>(())
+        };
         loop {
             if queue.event_idx_enabled() {
                 queue
@@ -304,19 +358,34 @@ impl FsDevice {
                     .add_used(mem, head, len)
                     .map_err(|e| queue_err("adding a used element", e))?;
                 used_now = true;
-                if let Some(signal) = signal.as_mut() {
-                    let notify = queue
-                        .needs_notification(mem)
-                        .map_err(|e| queue_err("checking whether to notify", e))?;
-                    if notify {
-                        self.stats.interrupt();
-                        signal();
+                untold = true;
+                if let (Some(window), Some(signal)) = (drain.irq_window, drain.signal.as_mut()) {
+                    let now = std::time::Instant::now();
+                    let since = *untold_since.get_or_insert(now);
+                    if now.duration_since(since) >= window {
+                        notify_now(queue, signal)?;
+                        (untold, untold_since) = (false, None);
                     }
                 }
             }
             used_any |= used_now;
             if !queue.event_idx_enabled() {
                 break;
+            }
+            if used_now && !drain.poll.is_zero() {
+                if let Some(signal) = drain.signal.as_mut() {
+                    // The batch's answers go out before the watch, not after it.
+                    if untold {
+                        notify_now(queue, signal)?;
+                        (untold, untold_since) = (false, None);
+                    }
+                    let more = poll::wait_for_avail(mem, queue, drain.poll)
+                        .map_err(|e| queue_err("watching the avail ring", e))?;
+                    if more {
+                        self.stats.polled();
+                        continue;
+                    }
+                }
             }
             let more = queue
                 .enable_notification(mem)
@@ -327,7 +396,13 @@ impl FsDevice {
                 break;
             }
         }
-        if !used_any || signal.is_some() {
+        if !used_any {
+            return Ok(false);
+        }
+        if let Some(signal) = drain.signal.as_mut() {
+            if untold {
+                notify_now(queue, signal)?;
+            }
             return Ok(false);
         }
         let notify = queue

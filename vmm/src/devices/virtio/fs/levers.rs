@@ -28,11 +28,13 @@ pub struct Levers {
     pub writeback: bool,
     /// Entry and attribute timeout: how long a host change may stay unseen.
     pub timeout: Duration,
-    /// vhost-user: interrupt after each used request instead of once per
-    /// drained batch. Off: 2x the load generator's depth-16 throughput,
-    /// but the TCG guest's workloads were 6-20 % slower with it (more
-    /// interrupts to take); docs/fs-levers.md.
-    pub irq_per_request: bool,
+    /// vhost-user: besides once per drained batch, interrupt as soon as the
+    /// oldest answer the driver has not been told about is this old (poll.rs).
+    /// `Some(0)`, the default (`+irq_per_request`): after every request; the
+    /// load generator's depth-16 4 KiB READ and WRITE run 2x faster than
+    /// with `None` (`irq_window=batch`, once per batch only), and the TCG
+    /// guest's workloads showed no difference beyond noise (docs/fs-levers.md).
+    pub irq_window: Option<Duration>,
     /// FOPEN_CACHE_DIR with KEEP_CACHE on a workspace directory that has not
     /// changed for [`SETTLED`]: the guest keeps the listing in its page cache
     /// and lists it again without a request, until the directory's mtime
@@ -67,12 +69,33 @@ pub struct Levers {
     /// kernel (patch 0009) sends READDIR of 32 KiB instead of one page.
     /// Off: a 10,000-entry listing takes about 80 READDIR instead of 10.
     pub big_readdir: bool,
+    /// vhost-user: after answering a batch, the request queue's worker
+    /// watches the ring this long for the next request instead of sleeping
+    /// on the guest's kick (poll.rs), yielding its CPU between looks.
+    /// Default 300 µs: the TCG guest's workloads took 0.70-0.91x the time
+    /// (docs/fs-levers.md). Zero: it always sleeps.
+    pub poll: Duration,
 }
 
 /// How long a directory's mtime must be in the past before its listing may
 /// be cached: a later change then always gives it a new mtime, even on a
 /// file system with coarse (up to 2 s) timestamps.
 pub const SETTLED: Duration = Duration::from_secs(2);
+
+/// The longest poll or interrupt window the levers accept: beyond it a
+/// worker burns a CPU for requests that are not coming, or a driver waits.
+const MAX_MICROS: u64 = 10_000;
+
+/// A lever's microseconds, 0 to [`MAX_MICROS`].
+fn micros(us: &str) -> Result<Duration, &'static str> {
+    let us: u64 = us
+        .parse()
+        .map_err(|_| "not a whole number of microseconds")?;
+    if us > MAX_MICROS {
+        return Err("must be 0 to 10000 microseconds");
+    }
+    Ok(Duration::from_micros(us))
+}
 
 impl Default for Levers {
     fn default() -> Self {
@@ -81,13 +104,14 @@ impl Default for Levers {
             negative: true,
             writeback: false,
             timeout: Duration::from_secs(5),
-            irq_per_request: false,
+            irq_window: Some(Duration::ZERO),
             cache_dir: false,
             no_open: true,
             create_lookup: true,
             rename_report: true,
             xattr_hint: true,
             big_readdir: true,
+            poll: Duration::from_micros(300),
         }
     }
 }
@@ -101,7 +125,8 @@ impl Levers {
         }
     }
 
-    /// Applies `spec`: comma-separated `+NAME`, `-NAME` or `timeout=SECONDS`.
+    /// Applies `spec`: comma-separated `+NAME`, `-NAME`, `timeout=SECONDS`,
+    /// `poll=MICROSECONDS` or `irq_window=MICROSECONDS|batch`.
     pub fn apply(mut self, spec: &str) -> Result<Self, FsError> {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = |reason: &'static str| FsError::BadLever {
@@ -116,6 +141,17 @@ impl Levers {
                 self.timeout = Duration::from_secs_f64(secs);
                 continue;
             }
+            if let Some(us) = item.strip_prefix("poll=") {
+                self.poll = micros(us).map_err(bad)?;
+                continue;
+            }
+            if let Some(us) = item.strip_prefix("irq_window=") {
+                self.irq_window = match us {
+                    "batch" => None,
+                    us => Some(micros(us).map_err(bad)?),
+                };
+                continue;
+            }
             let (on, name) = match item.split_at(1) {
                 ("+", name) => (true, name),
                 ("-", name) => (false, name),
@@ -125,7 +161,7 @@ impl Levers {
                 "flush" => self.flush = on,
                 "negative" => self.negative = on,
                 "writeback" => self.writeback = on,
-                "irq_per_request" => self.irq_per_request = on,
+                "irq_per_request" => self.irq_window = on.then_some(Duration::ZERO),
                 "cache_dir" => self.cache_dir = on,
                 "no_open" => self.no_open = on,
                 "create_lookup" => self.create_lookup = on,
@@ -136,7 +172,7 @@ impl Levers {
                     return Err(bad(
                         "levers are flush, negative, writeback, irq_per_request, cache_dir, \
                          no_open, create_lookup, rename_report, xattr_hint, big_readdir, \
-                         timeout=S",
+                         timeout=S, poll=US, irq_window=US|batch",
                     ))
                 }
             }
@@ -157,13 +193,28 @@ mod tests {
         let l = d
             .apply("+flush, -negative,+writeback,+irq_per_request,+cache_dir,-no_open,timeout=0.5")
             .unwrap();
-        assert!(l.flush && !l.negative && l.writeback && l.irq_per_request && l.cache_dir);
+        assert!(l.flush && !l.negative && l.writeback && l.cache_dir);
+        assert_eq!(l.irq_window, Some(Duration::ZERO));
+        assert_eq!(d.irq_window, Some(Duration::ZERO));
+        let w = d.apply("irq_window=25").unwrap();
+        assert_eq!(w.irq_window, Some(Duration::from_micros(25)));
+        assert_eq!(w.apply("irq_window=batch").unwrap().irq_window, None);
+        assert_eq!(w.apply("-irq_per_request").unwrap().irq_window, None);
+        assert_eq!(
+            d.apply("irq_window=batch,+irq_per_request")
+                .unwrap()
+                .irq_window,
+            Some(Duration::ZERO)
+        );
         assert!(!l.no_open && l.create_lookup);
         assert!(!d.apply("-create_lookup").unwrap().create_lookup);
         assert!(d.rename_report && !d.apply("-rename_report").unwrap().rename_report);
         assert!(d.xattr_hint && !d.apply("-xattr_hint").unwrap().xattr_hint);
         assert!(d.big_readdir && !d.apply("-big_readdir").unwrap().big_readdir);
         assert_eq!(l.timeout, Duration::from_millis(500));
+        assert_eq!(d.poll, Duration::from_micros(300));
+        assert_eq!(d.apply("poll=0").unwrap().poll, Duration::ZERO);
+        assert_eq!(d.apply("poll=40").unwrap().poll, Duration::from_micros(40));
         assert_eq!(d.apply("").unwrap(), d);
     }
 
@@ -174,6 +225,9 @@ mod tests {
             ("+dax", "levers are"),
             ("timeout=soon", "not a number"),
             ("timeout=-1", "0 to 3600"),
+            ("poll=1.5", "whole number"),
+            ("poll=20000", "0 to 10000"),
+            ("irq_window=soon", "whole number"),
         ] {
             let e = Levers::default().apply(spec).unwrap_err().to_string();
             assert!(e.contains(spec) && e.contains(why), "{spec}: {e}");

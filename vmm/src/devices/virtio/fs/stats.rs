@@ -18,6 +18,8 @@ pub struct FsStats {
     bytes_out: AtomicU64,
     notifications: AtomicU64,
     interrupts: AtomicU64,
+    /// Batches that began without a kick: the worker saw them while polling.
+    polled: AtomicU64,
     service_us: [AtomicU64; BUCKETS],
 }
 
@@ -29,6 +31,7 @@ impl Default for FsStats {
             bytes_out: AtomicU64::new(0),
             notifications: AtomicU64::new(0),
             interrupts: AtomicU64::new(0),
+            polled: AtomicU64::new(0),
             service_us: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -113,6 +116,16 @@ impl FsStats {
         self.interrupts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one batch that the worker found by polling, without a kick.
+    pub fn polled(&self) {
+        self.polled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Batches found by polling.
+    pub fn polled_batches(&self) -> u64 {
+        self.polled.load(Ordering::Relaxed)
+    }
+
     /// Requests counted for `opcode`.
     pub fn count(&self, opcode: u32) -> u64 {
         self.by_opcode[(opcode as usize).min(MAX_OPCODE)].load(Ordering::Relaxed)
@@ -130,12 +143,14 @@ impl FsStats {
     pub fn report(&self, name: &str) -> String {
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut s = format!(
-            "{name}: {} requests, {} bytes in, {} bytes out, {} notifications, {} interrupts\n",
+            "{name}: {} requests, {} bytes in, {} bytes out, {} notifications, {} interrupts, \
+             {} batches found by polling\n",
             self.requests(),
             ld(&self.bytes_in),
             ld(&self.bytes_out),
             ld(&self.notifications),
-            ld(&self.interrupts)
+            ld(&self.interrupts),
+            ld(&self.polled)
         );
         let mut ops: Vec<(usize, u64)> = (0..=MAX_OPCODE)
             .map(|op| (op, ld(&self.by_opcode[op])))

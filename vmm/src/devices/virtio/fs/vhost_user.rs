@@ -5,6 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use log::error;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -18,7 +19,11 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use super::poll::Drain;
 use super::{FsDevice, FsError};
+
+/// The index of the (only) request queue; 0 is hiprio.
+const REQUEST_QUEUE: usize = 1;
 
 /// Guest memory as vhost-user-backend maps it (no dirty-page bitmap: LOG_ALL is not offered).
 type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -113,14 +118,29 @@ impl VhostUserBackend for VhostUserFs {
                 let _ = c.notify();
             }
         };
-        let signal: Option<&mut dyn FnMut()> = if self.dev.irq_per_request() && call.is_some() {
-            Some(&mut notify)
+        // Only the request queue is watched or told early: nobody waits for
+        // a FORGET's answer (hiprio's used ring only frees driver memory).
+        // Each queue has its own thread (`queues_per_thread`), so the thread
+        // index is the queue index (`device_event` is the index within the thread).
+        let (poll, irq_window) = if thread_id == REQUEST_QUEUE {
+            (self.dev.poll(), self.dev.irq_window())
         } else {
-            None
+            (Duration::ZERO, None)
+        };
+        let signal: Option<&mut dyn FnMut()> =
+            if (irq_window.is_some() || !poll.is_zero()) && call.is_some() {
+                Some(&mut notify)
+            } else {
+                None
+            };
+        let drain = Drain {
+            signal,
+            irq_window,
+            poll,
         };
         match self
             .dev
-            .process_queue_signalling(&*mem, state.get_queue_mut(), signal)
+            .process_queue_with(&*mem, state.get_queue_mut(), drain)
         {
             Ok(true) => state.signal_used_queue(),
             Ok(false) => Ok(()),

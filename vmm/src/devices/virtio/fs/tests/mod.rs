@@ -3,6 +3,7 @@
 
 mod create_lookup;
 mod dirs;
+mod drain;
 mod escape;
 mod fuse_driver;
 mod openfiles;

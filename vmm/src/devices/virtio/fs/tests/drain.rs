@@ -1,0 +1,155 @@
+//! How a worker drains the queue (poll.rs): the interrupt window and polling
+//! for the next request, with real FUSE requests in guest memory.
+
+use std::time::{Duration, Instant};
+
+use fuse_backend_rs::abi::fuse_abi::{AttrOut, GetattrIn, Opcode, OutHeader, ROOT_ID};
+use virtio_queue::QueueT;
+use vm_memory::ByteValued;
+
+use super::fuse_driver::{guest_memory, Driver, Pending};
+use crate::devices::virtio::fs::poll::Drain;
+use crate::devices::virtio::fs::{FsDevice, ShareConfig, SharePolicy};
+
+fn workspace() -> (tempfile::TempDir, FsDevice) {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = FsDevice::new(ShareConfig {
+        tag: "work".into(),
+        source: dir.path().into(),
+        policy: SharePolicy::Workspace,
+    })
+    .unwrap();
+    (dir, dev)
+}
+
+fn getattr(drv: &mut Driver<'_>) -> Pending {
+    let reply = (std::mem::size_of::<OutHeader>() + std::mem::size_of::<AttrOut>()) as u32;
+    drv.request(
+        Opcode::Getattr,
+        ROOT_ID,
+        GetattrIn::default().as_slice(),
+        &[reply],
+    )
+}
+
+/// Each pending request was answered without error.
+fn assert_answered(drv: &mut Driver<'_>, pending: &[Pending]) {
+    assert_eq!(drv.used().len(), pending.len());
+    for p in pending {
+        let (header, _) = drv.reply(p);
+        assert_eq!((header.unique, header.error), (p.unique, 0));
+    }
+}
+
+#[test]
+fn the_interrupt_window_bounds_how_long_an_answer_waits_untold() {
+    let (_dir, dev) = workspace();
+    let mem = guest_memory();
+    let mut drv = Driver::new(&mem);
+    // No EVENT_IDX: the driver wants to hear of every used element.
+    let mut queue = drv.queue();
+    let init = drv.init();
+    dev.process_queue(&mem, &mut queue).unwrap();
+    assert_answered(&mut drv, &[init]);
+
+    for (window, expected) in [(Duration::from_secs(60), 1), (Duration::ZERO, 3)] {
+        let pending: Vec<Pending> = (0..3).map(|_| getattr(&mut drv)).collect();
+        let mut signals = 0;
+        let mut count = || signals += 1;
+        let drain = Drain {
+            signal: Some(&mut count),
+            irq_window: Some(window),
+            poll: Duration::ZERO,
+        };
+        let owed = dev.process_queue_with(&mem, &mut queue, drain).unwrap();
+        assert!(!owed, "with a signal the worker interrupts itself");
+        // A long window: once, at the end of the batch. Zero: after each one.
+        assert_eq!(signals, expected, "window {window:?}");
+        assert_answered(&mut drv, &pending);
+    }
+}
+
+#[test]
+fn a_polling_worker_answers_the_next_request_without_a_kick() {
+    let (_dir, dev) = workspace();
+    let mem = guest_memory();
+    let mut drv = Driver::new(&mem);
+    let mut queue = drv.queue();
+    queue.set_event_idx(true);
+    let init = drv.init();
+    dev.process_queue(&mem, &mut queue).unwrap();
+    assert_answered(&mut drv, &[init]);
+
+    let first = getattr(&mut drv);
+    // The driver asks to hear of the next used element.
+    drv.set_used_event(queue.next_used());
+    let polled_before = dev.stats().polled_batches();
+    let (dev_ref, mem_ref) = (&dev, &mem);
+    let (second, signals, queue) = std::thread::scope(|s| {
+        let worker = s.spawn(move || {
+            let mut signals = 0;
+            let mut count = || signals += 1;
+            let drain = Drain {
+                signal: Some(&mut count),
+                irq_window: None,
+                poll: Duration::from_secs(2),
+            };
+            dev_ref
+                .process_queue_with(mem_ref, &mut queue, drain)
+                .unwrap();
+            (queue, signals)
+        });
+        // Made available while the worker watches the ring, with no kick.
+        while drv.used().is_empty() {
+            std::thread::yield_now();
+        }
+        let second = getattr(&mut drv);
+        let (queue, signals) = worker.join().unwrap();
+        (second, signals, queue)
+    });
+    let (header, _) = drv.reply(&first);
+    assert_eq!((header.unique, header.error), (first.unique, 0));
+    assert_answered(&mut drv, &[second]);
+    assert_eq!(dev.stats().polled_batches(), polled_before + 1);
+    // The first answer was announced before the watch began.
+    assert!(signals >= 1, "{signals} interrupts");
+    assert_eq!(queue.next_avail(), 3);
+}
+
+#[test]
+fn polling_gives_up_after_its_budget_and_needs_event_idx() {
+    let (_dir, dev) = workspace();
+    let mem = guest_memory();
+    let mut drv = Driver::new(&mem);
+    let mut queue = drv.queue();
+    queue.set_event_idx(true);
+    let init = drv.init();
+    let budget = Duration::from_millis(30);
+    let mut signals = 0;
+    let mut count = || signals += 1;
+    let mut ignore = || ();
+    let started = Instant::now();
+    let drain = Drain {
+        signal: Some(&mut count),
+        irq_window: None,
+        poll: budget,
+    };
+    dev.process_queue_with(&mem, &mut queue, drain).unwrap();
+    assert!(started.elapsed() >= budget, "returned before its budget");
+    assert_eq!(signals, 1);
+    assert_answered(&mut drv, &[init]);
+    assert_eq!(dev.stats().polled_batches(), 0);
+
+    // Without EVENT_IDX the driver's kicks cannot be suppressed: no watch.
+    queue.set_event_idx(false);
+    let attr = getattr(&mut drv);
+    let started = Instant::now();
+    let drain = Drain {
+        signal: Some(&mut ignore),
+        irq_window: None,
+        poll: Duration::from_secs(5),
+    };
+    dev.process_queue_with(&mem, &mut queue, drain).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_answered(&mut drv, &[attr]);
+}
