@@ -4,22 +4,24 @@
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{AttrOut, GetattrIn, Opcode, OutHeader, ROOT_ID};
-use virtio_queue::QueueT;
-use vm_memory::ByteValued;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{ByteValued, GuestMemoryMmap};
 
-use super::fuse_driver::{guest_memory, Driver, Pending};
+use super::fuse_driver::{guest_memory, share, Driver, Pending};
 use crate::devices::virtio::fs::poll::Drain;
-use crate::devices::virtio::fs::{FsDevice, ShareConfig, SharePolicy};
+use crate::devices::virtio::fs::{FsDevice, SharePolicy};
 
 fn workspace() -> (tempfile::TempDir, FsDevice) {
     let dir = tempfile::tempdir().unwrap();
-    let dev = FsDevice::new(ShareConfig {
-        tag: "work".into(),
-        source: dir.path().into(),
-        policy: SharePolicy::Workspace,
-    })
-    .unwrap();
+    let dev = share(dir.path(), SharePolicy::Workspace);
     (dir, dev)
+}
+
+/// FUSE_INIT, answered and checked, as a driver starts.
+fn handshake(dev: &FsDevice, mem: &GuestMemoryMmap, drv: &mut Driver<'_>, queue: &mut Queue) {
+    let init = drv.init();
+    dev.process_queue(mem, queue).unwrap();
+    assert_answered(drv, &[init]);
 }
 
 fn getattr(drv: &mut Driver<'_>) -> Pending {
@@ -48,9 +50,7 @@ fn the_interrupt_window_bounds_how_long_an_answer_waits_untold() {
     let mut drv = Driver::new(&mem);
     // No EVENT_IDX: the driver wants to hear of every used element.
     let mut queue = drv.queue();
-    let init = drv.init();
-    dev.process_queue(&mem, &mut queue).unwrap();
-    assert_answered(&mut drv, &[init]);
+    handshake(&dev, &mem, &mut drv, &mut queue);
 
     for (window, expected) in [(Duration::from_secs(60), 1), (Duration::ZERO, 3)] {
         let pending: Vec<Pending> = (0..3).map(|_| getattr(&mut drv)).collect();
@@ -76,9 +76,7 @@ fn a_polling_worker_answers_the_next_request_without_a_kick() {
     let mut drv = Driver::new(&mem);
     let mut queue = drv.queue();
     queue.set_event_idx(true);
-    let init = drv.init();
-    dev.process_queue(&mem, &mut queue).unwrap();
-    assert_answered(&mut drv, &[init]);
+    handshake(&dev, &mem, &mut drv, &mut queue);
 
     let first = getattr(&mut drv);
     // The driver asks to hear of the next used element.
