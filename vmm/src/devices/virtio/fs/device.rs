@@ -278,34 +278,13 @@ impl FsDevice {
         self.process_queue_with(mem, queue, Drain::batch())
     }
 
-    /// [`Self::process_queue`], but with `signal` the device interrupts the
-    /// driver after each request that needs it, as soon as it is used,
-    /// instead of once for the whole batch: a driver with several requests
-    /// in flight sees each completion without waiting for the slowest.
-    /// Returns whether a notification is still owed (never, with `signal`).
-    pub fn process_queue_signalling<M: GuestMemory>(
-        &self,
-        mem: &M,
-        queue: &mut Queue,
-        signal: Option<&mut dyn FnMut()>,
-    ) -> Result<bool, FsError> {
-        let irq_window = signal.is_some().then_some(Duration::ZERO);
-        self.process_queue_with(
-            mem,
-            queue,
-            Drain {
-                signal,
-                irq_window,
-                poll: Duration::ZERO,
-            },
-        )
-    }
-
-    /// Drains `queue` as `drain` says: who interrupts the driver, how often,
-    /// and how long to watch the ring for more before returning (poll.rs;
-    /// only with EVENT_IDX and a `signal`, since the batch's interrupt must
-    /// go out before the watch). Returns whether a notification is still
-    /// owed to the driver (never, with a `signal`).
+    /// Drains `queue` as `drain` says: who interrupts the driver, how often
+    /// (with a `signal` and a zero `irq_window`, after each used request, so
+    /// a driver with several requests in flight sees each completion without
+    /// waiting for the slowest), and how long to watch the ring for more
+    /// before returning (poll.rs; only with EVENT_IDX and a `signal`, since
+    /// the batch's interrupt must go out before the watch). Returns whether
+    /// a notification is still owed to the driver (never, with a `signal`).
     pub fn process_queue_with<M: GuestMemory>(
         &self,
         mem: &M,

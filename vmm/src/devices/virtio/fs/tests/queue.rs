@@ -13,6 +13,7 @@ use virtio_queue::QueueT;
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use super::fuse_driver::{guest_memory, Desc, Driver, Pending, MEM_SIZE, QUEUE_LEN};
+use crate::devices::virtio::fs::poll::Drain;
 use crate::devices::virtio::fs::{FsDevice, ShareConfig, SharePolicy};
 
 const CONTENT: &[u8] = b"hello from the host workspace\n";
@@ -371,9 +372,12 @@ fn with_a_signal_each_used_request_is_announced_at_once() {
         .collect();
     let mut signals = 0;
     let mut count = || signals += 1;
-    let owed = dev
-        .process_queue_signalling(&mem, &mut queue, Some(&mut count))
-        .unwrap();
+    let drain = Drain {
+        signal: Some(&mut count),
+        irq_window: Some(std::time::Duration::ZERO),
+        poll: std::time::Duration::ZERO,
+    };
+    let owed = dev.process_queue_with(&mem, &mut queue, drain).unwrap();
     assert!(!owed);
     assert_eq!(signals, 3);
     assert_eq!(expect_ok(&mut drv, &pending).len(), 3);
