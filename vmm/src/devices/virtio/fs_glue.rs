@@ -33,4 +33,18 @@ impl VirtioDevice for fs::FsDevice {
     ) -> Result<bool, String> {
         fs::FsDevice::process_queue(self, mem, queue).map_err(|e| e.to_string())
     }
+    /// The request queue is drained as over vhost-user: each answer announced
+    /// as it is used, then the ring watched for the next request (the
+    /// `irq_window` and `poll` levers); hiprio once per batch.
+    fn process_queue_raising(
+        &self,
+        mem: &GuestMemoryMmap,
+        index: usize,
+        queue: &mut Queue,
+        raise: &mut dyn FnMut(),
+    ) -> Result<bool, String> {
+        let drain = self.drain(index, raise);
+        self.process_queue_with(mem, queue, drain)
+            .map_err(|e| e.to_string())
+    }
 }

@@ -81,7 +81,11 @@ impl Shared {
             return;
         };
         let mut q = q.lock().unwrap_or_else(|p| p.into_inner());
-        match self.dev.process_queue(&self.mem, index, &mut q) {
+        let mut raise = || self.raise();
+        match self
+            .dev
+            .process_queue_raising(&self.mem, index, &mut q, &mut raise)
+        {
             Ok(true) => self.raise(),
             Ok(false) => {}
             Err(e) => log::warn!("{} queue {index}: {e}", self.dev.name()),

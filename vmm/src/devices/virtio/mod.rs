@@ -47,6 +47,20 @@ pub trait VirtioDevice: Send + Sync {
         index: usize,
         queue: &mut Queue,
     ) -> Result<bool, String>;
+    /// [`Self::process_queue`] for a device that announces answers before its
+    /// batch is done (and may watch the ring for the next request): it calls
+    /// `raise` for each interrupt it owes on the way, and returns whether the
+    /// caller still owes one. The default announces once per batch.
+    fn process_queue_raising(
+        &self,
+        mem: &GuestMemoryMmap,
+        index: usize,
+        queue: &mut Queue,
+        raise: &mut dyn FnMut(),
+    ) -> Result<bool, String> {
+        let _ = raise;
+        self.process_queue(mem, index, queue)
+    }
     /// An eventfd the device signals when queue `index` has work that no
     /// driver notify announces (host data for a receive queue); the
     /// transport's worker polls it next to the notify eventfds.

@@ -55,9 +55,9 @@ pub struct FsDevice {
     /// Chains answered with 0 bytes because they were malformed (for tests and metrics).
     malformed: AtomicU64,
     stats: FsStats,
-    /// When a vhost-user worker interrupts besides once per batch (a lever).
+    /// When a queue worker interrupts besides once per batch (a lever; `drain`).
     irq_window: Option<Duration>,
-    /// How long a vhost-user worker watches the request queue after a batch (poll.rs).
+    /// How long a queue worker watches the request queue after a batch (poll.rs).
     poll: Duration,
     /// The hutch-private INIT flags this share may grant: one-request O_CREAT
     /// opens (create_lookup.rs), renames that report what they replaced
@@ -86,6 +86,8 @@ impl FsDevice {
     pub const QUEUE_SIZE: u16 = 1024;
     /// `virtio_fs_config.num_request_queues`.
     pub const NUM_REQUEST_QUEUES: u32 = 1;
+    /// The index of the (only) request queue; 0 is hiprio.
+    pub const REQUEST_QUEUE: usize = 1;
 
     /// Creates the device for `cfg`. Nothing is opened under the source until the guest's
     /// FUSE_INIT, except the secrets scan of a system-root share.
@@ -218,16 +220,27 @@ impl FsDevice {
         &self.source
     }
 
-    /// When a vhost-user transport interrupts besides once per batch: as soon
-    /// as the oldest untold answer is this old (a lever; `None`: never).
-    pub fn irq_window(&self) -> Option<Duration> {
-        self.irq_window
+    /// How a transport drains queue `index` when it can interrupt the driver
+    /// through `signal` at any time: the request queue with this share's
+    /// interrupt window and poll budget; hiprio (nobody waits for a FORGET's
+    /// answer) and a share with neither lever once per batch.
+    pub fn drain<'a>(&self, index: usize, signal: &'a mut dyn FnMut()) -> Drain<'a> {
+        if index != Self::REQUEST_QUEUE || (self.irq_window.is_none() && self.poll.is_zero()) {
+            return Drain::batch();
+        }
+        Drain {
+            signal: Some(signal),
+            irq_window: self.irq_window,
+            poll: self.poll,
+        }
     }
 
-    /// How long a vhost-user worker watches the request queue for the next
-    /// request after a batch (a lever; zero for the system root).
-    pub fn poll(&self) -> Duration {
-        self.poll
+    /// Test set-up: other drain levers than the environment's.
+    #[cfg(test)]
+    pub fn with_drain_levers(mut self, irq_window: Option<Duration>, poll: Duration) -> Self {
+        self.irq_window = irq_window;
+        self.poll = poll;
+        self
     }
 
     /// The share's tag.

@@ -5,7 +5,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
 use log::error;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -21,9 +20,6 @@ use vmm_sys_util::event::{
 
 use super::poll::Drain;
 use super::{FsDevice, FsError};
-
-/// The index of the (only) request queue; 0 is hiprio.
-const REQUEST_QUEUE: usize = 1;
 
 /// Guest memory as vhost-user-backend maps it (no dirty-page bitmap: LOG_ALL is not offered).
 type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -118,25 +114,12 @@ impl VhostUserBackend for VhostUserFs {
                 let _ = c.notify();
             }
         };
-        // Only the request queue is watched or told early: nobody waits for
-        // a FORGET's answer (hiprio's used ring only frees driver memory).
         // Each queue has its own thread (`queues_per_thread`), so the thread
         // index is the queue index (`device_event` is the index within the thread).
-        let (poll, irq_window) = if thread_id == REQUEST_QUEUE {
-            (self.dev.poll(), self.dev.irq_window())
+        let drain = if call.is_some() {
+            self.dev.drain(thread_id, &mut notify)
         } else {
-            (Duration::ZERO, None)
-        };
-        let signal: Option<&mut dyn FnMut()> =
-            if (irq_window.is_some() || !poll.is_zero()) && call.is_some() {
-                Some(&mut notify)
-            } else {
-                None
-            };
-        let drain = Drain {
-            signal,
-            irq_window,
-            poll,
+            Drain::batch()
         };
         match self
             .dev

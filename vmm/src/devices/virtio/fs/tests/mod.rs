@@ -6,6 +6,7 @@ mod dirs;
 mod drain;
 mod escape;
 mod fuse_driver;
+mod mmio;
 mod openfiles;
 mod policy;
 mod queue;
