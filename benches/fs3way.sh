@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The file system benchmark of issue 3, three ways in one run:
+# The file system benchmark of issue 3, three ways in one run, plus the floor:
 #   host       the workloads straight on the host file system;
 #   hutch      in a qemu-engine guest, the workspace served by hutch's backend;
 #   virtiofsd  the same kernel and guest, the workspace served by virtiofsd
 #              (crates.io, default flags, --cache auto) over vhost-user;
 #   native     hutch's own VMM, only where /dev/kvm is real (kvm_intel/amd);
+#   guest-tmpfs the same qemu guest working on a copy in its own tmpfs (/tmp):
+#              no FUSE at all, so it is the floor under hutch and virtiofsd,
+#              the guest's own cost; the table then shows how much each
+#              server's way costs above it;
 #   hutch-b    only with HUTCH_B_LEVERS set: hutch again, with those levers
 #              (HUTCH_FS_LEVERS syntax, docs/fs-levers.md), so a lever's effect
 #              is measured in the same run; the table adds hutch-b ÷ hutch.
@@ -63,6 +67,11 @@ way() {
     hutch) guest qemu ;;
     hutch-b) HUTCH_FS_LEVERS=$HUTCH_B_LEVERS guest qemu ;;
     native) guest native ;;
+    guest-tmpfs)
+        # The copy and the index refresh (new inode numbers) are not timed.
+        "$T/hutch" run --engine qemu --memory 2G --cpus 2 "$ws" -- sh -c \
+            'cp -a . /tmp/w && cd /tmp/w && git -c safe.directory="*" -C repo status --porcelain >/dev/null && sh workloads.sh --drop-caches'
+        ;;
     virtiofsd)
         local sock=$work/virtiofsd.sock
         rm -f "$sock"
@@ -77,16 +86,16 @@ way() {
 }
 
 # FS3WAY_WAYS picks ways (say "hutch hutch-b" to time a lever alone).
-read -r -a ways <<<"${FS3WAY_WAYS:-host hutch virtiofsd}"
+read -r -a ways <<<"${FS3WAY_WAYS:-host hutch virtiofsd guest-tmpfs}"
 if [ -z "${FS3WAY_WAYS:-}" ]; then
     if grep -qE '^kvm_(intel|amd) ' /proc/modules 2>/dev/null; then ways+=(native); fi
     if [ -n "${HUTCH_B_LEVERS:-}" ]; then ways+=(hutch-b); fi
 fi
 for w in "${ways[@]}"; do
     case $w in
-    host | hutch | virtiofsd | native) ;;
+    host | hutch | virtiofsd | native | guest-tmpfs) ;;
     hutch-b) [ -n "${HUTCH_B_LEVERS:-}" ] || { say "hutch-b needs HUTCH_B_LEVERS"; exit 2; } ;;
-    *) say "unknown way $w (host, hutch, virtiofsd, native, hutch-b)"; exit 2 ;;
+    *) say "unknown way $w (host, hutch, virtiofsd, guest-tmpfs, native, hutch-b)"; exit 2 ;;
     esac
 done
 mkdir -p target/fsbench

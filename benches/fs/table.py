@@ -6,12 +6,26 @@ Loop phases show ops/s (higher is better) and hutch/virtiofsd as a speed-up;
 workloads show seconds (lower is better) and hutch/virtiofsd as a time ratio.
 A `hutch-b` way (fs3way.sh with HUTCH_B_LEVERS) adds a column comparing it
 with `hutch`: the effect of a lever, measured in the same run.
+
+A `guest-tmpfs` way (the same guest on its own tmpfs, no FUSE) is the floor:
+what is left of each server's way once the guest's own cost is taken out.
+The "above the floor" column compares those remainders (virtiofsd's ÷
+hutch's time per op for loops, hutch's ÷ virtiofsd's for workloads); "-"
+where virtiofsd's way costs less than 5 % above the floor (nothing to
+compare: no requests, or the guest's CPU is all there is).
 """
 import statistics
 import sys
 from collections import defaultdict
 
-WAYS = ["host", "hutch", "virtiofsd", "native", "hutch-b"]
+WAYS = ["host", "hutch", "virtiofsd", "guest-tmpfs", "native", "hutch-b"]
+
+
+def above_floor(h, v, f):
+    """hutch's cost above the floor `f` over virtiofsd's (times), or None."""
+    if None in (h, v, f) or v - f < 0.05 * f or h <= f:
+        return None
+    return (h - f) / (v - f)
 
 
 def main(path):
@@ -44,20 +58,27 @@ def main(path):
 
     head = " | ".join(ways)
     b = "hutch-b" in ways
+    fl = "guest-tmpfs" in ways
     bhead = " | hutch-b ÷ hutch" if b else ""
-    print(f"| loop phase (ops/s; MiB/s for *_mib) | {head} | hutch ÷ virtiofsd{bhead} |")
-    print("|---" * (len(ways) + 2 + b) + "|")
+    fhead = " | above the floor" if fl else ""
+    print(f"| loop phase (ops/s; MiB/s for *_mib) | {head} | hutch ÷ virtiofsd{fhead}{bhead} |")
+    print("|---" * (len(ways) + 2 + fl + b) + "|")
     for p in phases:
         vals = [med(rate, (p, w)) for w in ways]
         h, v = med(rate, (p, "hutch")), med(rate, (p, "virtiofsd"))
         ratio = cell(h / v if h and v else None, "{:.2f}×")
+        if fl:
+            f = med(rate, (p, "guest-tmpfs"))
+            # Per-op times; the speed-up of what each server's way adds.
+            x = above_floor(*(1 / r if r else None for r in (h, v, f)))
+            ratio += " | " + cell(1 / x if x else None, "{:.2f}×")
         if b:
             hb = med(rate, (p, "hutch-b"))
             ratio += " | " + cell(hb / h if hb and h else None, "{:.2f}×")
         print(f"| {p} | " + " | ".join(cell(x, "{:,.0f}") for x in vals) + f" | {ratio} |")
     print()
-    print(f"| workload (seconds) | {head} | hutch ÷ virtiofsd | hutch ÷ host{bhead} |")
-    print("|---" * (len(ways) + 3 + b) + "|")
+    print(f"| workload (seconds) | {head} | hutch ÷ virtiofsd | hutch ÷ host{fhead}{bhead} |")
+    print("|---" * (len(ways) + 3 + fl + b) + "|")
     for n in loads:
         vals = []
         for w in ways:
@@ -68,6 +89,8 @@ def main(path):
         h, v, o = (med(secs, (n, w)) for w in ("hutch", "virtiofsd", "host"))
         r1 = cell(h / v if h and v else None, "{:.2f}×")
         r2 = cell(h / o if h and o else None, "{:.1f}×")
+        if fl:
+            r2 += " | " + cell(above_floor(h, v, med(secs, (n, "guest-tmpfs"))), "{:.2f}×")
         if b:
             hb = med(secs, (n, "hutch-b"))
             r2 += " | " + cell(hb / h if hb and h else None, "{:.2f}×")
