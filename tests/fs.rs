@@ -522,6 +522,66 @@ EOF"#;
 );
 
 per_engine!(
+    callers_pick_their_answers_up_without_an_interrupt,
+    |e: Engine| {
+        // With the workspace's guest_poll lever (guest kernel patch 0010)
+        // the caller of a synchronous request watches the used ring for its
+        // answer with the queue's interrupts off, so most answers need no
+        // interrupt. The stock driver sleeps until one: -guest_poll, or the
+        // guest's virtiofs.hutch_poll_us=0. 300 probes of missing names (one
+        // LOOKUP each) and a name the host created, found; the answers are
+        // right every way. The polling run gets a 5 ms budget so that other
+        // tests' guests on the same CPUs do not make its watches run out.
+        let ws = hutch_e2e::workspace();
+        std::fs::write(ws.path().join("here"), "x").unwrap();
+        let script = r#"i=0; n=0
+while [ $i -lt 300 ]; do [ -e "m$i" ] && n=$((n+1)); i=$((i+1)); done
+[ -e here ] && echo "found $n"; true"#;
+        let mut seen = Vec::new();
+        for (levers, budget) in [("", "5000"), ("-guest_poll", "5000"), ("", "0")] {
+            let argv: Vec<&std::ffi::OsStr> = ["sh", "-c", script]
+                .into_iter()
+                .map(std::ffi::OsStr::new)
+                .collect();
+            let mut args = hutch_e2e::run_args(e, ws.path(), &argv);
+            let kernel_arg = format!("virtiofs.hutch_poll_us={budget}");
+            for (i, a) in ["--stats", "--kernel-arg", &kernel_arg]
+                .into_iter()
+                .enumerate()
+            {
+                args.insert(1 + i, a.into());
+            }
+            let mut h = hutch_e2e::Hutch::new(args);
+            h.cmd.env("HUTCH_FS_LEVERS", levers);
+            let o = h.output(None);
+            let case = format!("levers {levers:?}, {kernel_arg}");
+            assert_eq!(o.status, 0, "{case}: {}", o.stderr);
+            assert_eq!(o.stdout_str(), "found 0\n", "{case}");
+            let lookups = hutch_e2e::workspace_ops(&o.stderr)
+                .get("LOOKUP")
+                .copied()
+                .unwrap_or(0);
+            let requests = hutch_e2e::workspace_stat(&o.stderr, "requests");
+            let interrupts = hutch_e2e::workspace_stat(&o.stderr, "interrupts");
+            eprintln!("{case}: {requests} requests ({lookups} LOOKUP), {interrupts} interrupts");
+            assert!(lookups >= 300, "{case}: {lookups} LOOKUP");
+            seen.push((case, requests, interrupts));
+        }
+        let (case, requests, interrupts) = &seen[0];
+        assert!(
+            interrupts * 2 < *requests,
+            "{case}: {interrupts} interrupts for {requests} requests"
+        );
+        for (case, requests, interrupts) in &seen[1..] {
+            assert!(
+                interrupts * 4 >= requests * 3,
+                "{case}: {interrupts} interrupts for {requests} requests"
+            );
+        }
+    }
+);
+
+per_engine!(
     a_big_listing_takes_an_eighth_of_the_readdir_requests,
     |e: Engine| {
         // The guest reads a listing 32 KiB per READDIR (big_readdir.rs,

@@ -371,6 +371,20 @@ pub fn workspace_ops(stderr: &str) -> std::collections::HashMap<String, u64> {
         .collect()
 }
 
+/// One count of the workspace's `--stats` line: `what` is "requests",
+/// "interrupts", "notifications", "batches found by polling", ...
+pub fn workspace_stat(stderr: &str, what: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("virtio-fs hutch-ws:"))
+        .unwrap_or_else(|| panic!("no workspace stats in {stderr}"));
+    let counts = line.split_once("hutch-ws:").map_or("", |(_, c)| c);
+    counts
+        .split(", ")
+        .find_map(|f| f.trim().strip_suffix(what)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {what:?} in {line:?}"))
+}
+
 /// The children of process `pid` (pid, command line with spaces for NULs).
 /// `pid (comm) state ppid ...`: comm may hold spaces, so split after ')'.
 pub fn children_of(pid: u32) -> Vec<(u32, String)> {

@@ -64,6 +64,10 @@ pub const RECIPE: &[(&str, &str)] = &[
         "patches/0009-fuse-bigger-readdir-chunks.patch",
         include_str!("../../../guest/kernel/patches/0009-fuse-bigger-readdir-chunks.patch"),
     ),
+    (
+        "patches/0010-fuse-callers-poll-for-answers.patch",
+        include_str!("../../../guest/kernel/patches/0010-fuse-callers-poll-for-answers.patch"),
+    ),
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[

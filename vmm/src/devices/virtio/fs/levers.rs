@@ -75,6 +75,12 @@ pub struct Levers {
     /// Default 300 µs: the TCG guest's workloads took 0.70-0.91x the time
     /// (docs/fs-levers.md). Zero: it always sleeps.
     pub poll: Duration,
+    /// The guest polls for answers (poll.rs, [`super::poll::FUSE_HUTCH_POLL`]):
+    /// hutch's guest kernel (patch 0010) then has the caller of a
+    /// synchronous request watch the used ring for its answer, interrupts
+    /// off, before sleeping. Off: every answer comes by interrupt, the
+    /// completion worker and a wake-up.
+    pub guest_poll: bool,
 }
 
 /// How long a directory's mtime must be in the past before its listing may
@@ -112,6 +118,7 @@ impl Default for Levers {
             xattr_hint: true,
             big_readdir: true,
             poll: Duration::from_micros(300),
+            guest_poll: true,
         }
     }
 }
@@ -168,11 +175,12 @@ impl Levers {
                 "rename_report" => self.rename_report = on,
                 "xattr_hint" => self.xattr_hint = on,
                 "big_readdir" => self.big_readdir = on,
+                "guest_poll" => self.guest_poll = on,
                 _ => {
                     return Err(bad(
                         "levers are flush, negative, writeback, irq_per_request, cache_dir, \
                          no_open, create_lookup, rename_report, xattr_hint, big_readdir, \
-                         timeout=S, poll=US, irq_window=US|batch",
+                         guest_poll, timeout=S, poll=US, irq_window=US|batch",
                     ))
                 }
             }
@@ -211,6 +219,7 @@ mod tests {
         assert!(d.rename_report && !d.apply("-rename_report").unwrap().rename_report);
         assert!(d.xattr_hint && !d.apply("-xattr_hint").unwrap().xattr_hint);
         assert!(d.big_readdir && !d.apply("-big_readdir").unwrap().big_readdir);
+        assert!(d.guest_poll && !d.apply("-guest_poll").unwrap().guest_poll);
         assert_eq!(l.timeout, Duration::from_millis(500));
         assert_eq!(d.poll, Duration::from_micros(300));
         assert_eq!(d.apply("poll=0").unwrap().poll, Duration::ZERO);

@@ -15,6 +15,15 @@
 //! of those by watching the avail ring for a short while after it answered;
 //! with EVENT_IDX the guest does not even kick while it is watched. The
 //! budget is the `poll` lever.
+//!
+//! The guest can skip the other two: hutch's guest kernel (patch 0010)
+//! offers [`FUSE_HUTCH_POLL`], and when the workspace grants it (lever
+//! `guest_poll`) the caller of a synchronous request watches the used ring
+//! for its answer (100 µs by default, `virtiofs.hutch_poll_us=` on the
+//! kernel command line) with the queue's interrupts off, and ends the
+//! requests it finds itself. An answer that comes in time then costs no
+//! interrupt, no VMM wake-up, no completion worker and no wake-up of the
+//! caller; the driver's `used_event` tells this worker not to interrupt.
 
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
@@ -22,6 +31,9 @@ use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemory;
+
+/// INIT flag (bit 27 of `flags2`): the guest may poll for answers.
+pub const FUSE_HUTCH_POLL: u64 = 1 << 59;
 
 /// How a worker drains a queue and tells the driver about used requests.
 pub struct Drain<'a> {

@@ -5,7 +5,8 @@
 //! the 64-bit INIT flags (`flags2`): one-request O_CREAT opens
 //! (create_lookup.rs), renames that report what they replaced
 //! (rename_report.rs), entries that say whether a file has xattrs
-//! (xattr_hint.rs) and listings read 32 KiB at a time (big_readdir.rs). fuse-backend-rs drops INIT flags it does not know, so
+//! (xattr_hint.rs), listings read 32 KiB at a time (big_readdir.rs) and
+//! callers that poll for their answers (poll.rs). fuse-backend-rs drops INIT flags it does not know, so
 //! the device reads the offer from the request and writes the grant into
 //! the reply after the server has answered. The byte helpers also serve
 //! requests the device inspects before fuse-backend-rs parses them.
@@ -21,7 +22,7 @@ type LeverOn = fn(&Levers) -> bool;
 
 /// Every hutch-private INIT flag this server knows, with the workspace
 /// lever that grants it. A new extension adds one row here.
-const FLAGS: [(u64, LeverOn); 4] = [
+const FLAGS: [(u64, LeverOn); 5] = [
     (super::create_lookup::FUSE_HUTCH_CREATE_LOOKUP, |l| {
         l.create_lookup
     }),
@@ -32,6 +33,7 @@ const FLAGS: [(u64, LeverOn); 4] = [
     (super::big_readdir::FUSE_HUTCH_BIG_READDIR, |l| {
         l.big_readdir
     }),
+    (super::poll::FUSE_HUTCH_POLL, |l| l.guest_poll),
 ];
 
 /// The union of [`FLAGS`].
@@ -168,10 +170,11 @@ mod grant_tests {
                 super::super::big_readdir::FUSE_HUTCH_BIG_READDIR,
                 "big_readdir",
             ),
+            (super::super::poll::FUSE_HUTCH_POLL, "guest_poll"),
         ] {
             let off = Levers::default().apply(&format!("-{name}")).unwrap();
             assert_eq!(workspace_grants(&off), PRIVATE & !flag, "-{name}");
         }
-        assert_eq!(PRIVATE.count_ones(), 4);
+        assert_eq!(PRIVATE.count_ones(), 5);
     }
 }
