@@ -59,6 +59,8 @@ pub struct FsDevice {
     irq_window: Option<Duration>,
     /// How long a queue worker watches the request queue after a batch (poll.rs).
     poll: Duration,
+    /// Whether a vhost-user worker batches FORGETs (forget_batch.rs; a lever).
+    forget_batch: bool,
     /// The hutch-private INIT flags this share may grant: one-request O_CREAT
     /// opens (create_lookup.rs), renames that report what they replaced
     /// (rename_report.rs).
@@ -195,6 +197,7 @@ impl FsDevice {
             } else {
                 Duration::ZERO
             },
+            forget_batch: workspace && levers.forget_batch,
             private_flags: if workspace {
                 private_init::workspace_grants(&levers)
             } else {
@@ -233,6 +236,11 @@ impl FsDevice {
             irq_window: self.irq_window,
             poll: self.poll,
         }
+    }
+
+    /// Whether a vhost-user hiprio worker batches FORGETs (forget_batch.rs).
+    pub fn forget_batch(&self) -> bool {
+        self.forget_batch
     }
 
     /// Test set-up: other drain levers than the environment's.

@@ -81,6 +81,10 @@ pub struct Levers {
     /// off, before sleeping. Off: every answer comes by interrupt, the
     /// completion worker and a wake-up.
     pub guest_poll: bool,
+    /// vhost-user: FORGETs in batches (forget_batch.rs): after a drain of
+    /// hiprio the driver may queue 32 more before it kicks, and a timer
+    /// drains the rest 20 ms later. Off: a kick and an interrupt each.
+    pub forget_batch: bool,
 }
 
 /// How long a directory's mtime must be in the past before its listing may
@@ -119,6 +123,7 @@ impl Default for Levers {
             big_readdir: true,
             poll: Duration::from_micros(300),
             guest_poll: true,
+            forget_batch: true,
         }
     }
 }
@@ -176,11 +181,12 @@ impl Levers {
                 "xattr_hint" => self.xattr_hint = on,
                 "big_readdir" => self.big_readdir = on,
                 "guest_poll" => self.guest_poll = on,
+                "forget_batch" => self.forget_batch = on,
                 _ => {
                     return Err(bad(
                         "levers are flush, negative, writeback, irq_per_request, cache_dir, \
                          no_open, create_lookup, rename_report, xattr_hint, big_readdir, \
-                         guest_poll, timeout=S, poll=US, irq_window=US|batch",
+                         guest_poll, forget_batch, timeout=S, poll=US, irq_window=US|batch",
                     ))
                 }
             }
@@ -220,6 +226,7 @@ mod tests {
         assert!(d.xattr_hint && !d.apply("-xattr_hint").unwrap().xattr_hint);
         assert!(d.big_readdir && !d.apply("-big_readdir").unwrap().big_readdir);
         assert!(d.guest_poll && !d.apply("-guest_poll").unwrap().guest_poll);
+        assert!(d.forget_batch && !d.apply("-forget_batch").unwrap().forget_batch);
         assert_eq!(l.timeout, Duration::from_millis(500));
         assert_eq!(d.poll, Duration::from_micros(300));
         assert_eq!(d.apply("poll=0").unwrap().poll, Duration::ZERO);

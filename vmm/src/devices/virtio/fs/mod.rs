@@ -18,6 +18,7 @@ mod device;
 mod dirs;
 mod error;
 mod fd_limit;
+mod forget_batch;
 mod inodes;
 pub mod landlock;
 mod levers;

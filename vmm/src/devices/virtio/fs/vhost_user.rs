@@ -2,11 +2,12 @@
 //! Unix socket, one frontend connection per call.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 
-use log::error;
+use log::{error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{
@@ -17,6 +18,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::forget_batch;
 
 use super::poll::Drain;
 use super::{FsDevice, FsError};
@@ -24,18 +28,61 @@ use super::{FsDevice, FsError};
 /// Guest memory as vhost-user-backend maps it (no dirty-page bitmap: LOG_ALL is not offered).
 type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
+/// The hiprio queue (FORGETs), served by its own worker thread.
+const HIPRIO: usize = 0;
+/// The event id of the FORGET batch timer on the hiprio worker's epoll
+/// (vhost-user-backend reserves 0 to `NUM_QUEUES` for kicks and its exit event).
+const FORGET_TIMER: u16 = FsDevice::NUM_QUEUES as u16 + 1;
+
 /// A `VhostUserBackend` that hands each kicked queue to `FsDevice::process_queue`.
 #[derive(Debug)]
 pub struct VhostUserFs {
     dev: Arc<FsDevice>,
     mem: GuestMem,
+    /// Drains the FORGETs a batch left waiting (forget_batch.rs); set once
+    /// it is registered with the hiprio worker, and until then FORGETs are
+    /// not batched.
+    forget_timer: OnceLock<Mutex<TimerFd>>,
 }
 
 impl VhostUserFs {
     /// Wraps `dev`; `mem` must be the same `GuestMemoryAtomic` given to the daemon, which
     /// replaces its content on SET_MEM_TABLE.
     pub fn new(dev: Arc<FsDevice>, mem: GuestMem) -> Self {
-        Self { dev, mem }
+        Self {
+            dev,
+            mem,
+            forget_timer: OnceLock::new(),
+        }
+    }
+
+    /// After a drain of hiprio that took chains from `before` on: lets the
+    /// driver queue a batch of FORGETs before its next kick, and arms the
+    /// timer that drains them if the batch does not fill. A drain that
+    /// found nothing leaves the driver kicking at once.
+    fn batch_forgets(&self, mem: &GuestMemoryMmap<()>, queue: &virtio_queue::Queue, before: u16) {
+        use virtio_queue::QueueT;
+        let Some(timer) = self.forget_timer.get() else {
+            return;
+        };
+        if queue.next_avail() == before || !queue.event_idx_enabled() {
+            return;
+        }
+        // Armed first: a batch nobody drains would keep FORGETs forever.
+        let armed = timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset(forget_batch::LINGER, None);
+        let deferred = armed.map_err(|e| e.to_string()).and_then(|()| {
+            forget_batch::defer_kicks(mem, queue, forget_batch::batch_for(queue.size()))
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = deferred {
+            warn!(
+                "virtio-fs share {:?}: FORGETs not batched: {e}",
+                self.dev.tag()
+            );
+        }
     }
 }
 
@@ -103,11 +150,23 @@ impl VhostUserBackend for VhostUserFs {
         if evset != EventSet::IN {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let Some(vring) = vrings.get(usize::from(device_event)) else {
+        let timer = device_event == FORGET_TIMER && thread_id == HIPRIO;
+        if timer {
+            if let Some(t) = self.forget_timer.get() {
+                // Readable, so this does not block: it takes the expiry.
+                let _ = t.lock().unwrap_or_else(|p| p.into_inner()).wait();
+            }
+        }
+        let index = if timer { 0 } else { usize::from(device_event) };
+        let Some(vring) = vrings.get(index) else {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         };
         let mem = self.mem.memory();
         let mut state = vring.get_mut();
+        if timer && !(state.is_enabled() && virtio_queue::QueueT::ready(state.get_queue())) {
+            // The driver reset or disabled hiprio meanwhile: nothing waits.
+            return Ok(());
+        }
         let call = state.get_call().as_ref().and_then(|c| c.try_clone().ok());
         let mut notify = || {
             if let Some(c) = &call {
@@ -121,10 +180,14 @@ impl VhostUserBackend for VhostUserFs {
         } else {
             Drain::batch()
         };
-        match self
+        let before = virtio_queue::QueueT::next_avail(state.get_queue());
+        let drained = self
             .dev
-            .process_queue_with(&*mem, state.get_queue_mut(), drain)
-        {
+            .process_queue_with(&*mem, state.get_queue_mut(), drain);
+        if thread_id == HIPRIO {
+            self.batch_forgets(&mem, state.get_queue(), before);
+        }
+        match drained {
             Ok(true) => state.signal_used_queue(),
             Ok(false) => Ok(()),
             Err(e) => {
@@ -133,6 +196,31 @@ impl VhostUserBackend for VhostUserFs {
                 Ok(())
             }
         }
+    }
+}
+
+/// Registers the FORGET batch timer with the hiprio worker; FORGETs are
+/// batched only once that worked (and when the share's lever says so).
+fn batch_forgets_on(backend: &VhostUserFs, daemon: &VhostUserDaemon<Arc<VhostUserFs>>) {
+    if !backend.dev.forget_batch() {
+        return;
+    }
+    let registered = TimerFd::new().and_then(|timer| {
+        let handlers = daemon.get_epoll_handlers();
+        let handler = handlers
+            .get(HIPRIO)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        handler.register_listener(timer.as_raw_fd(), EventSet::IN, u64::from(FORGET_TIMER))?;
+        Ok(timer)
+    });
+    match registered {
+        Ok(timer) => {
+            let _ = backend.forget_timer.set(Mutex::new(timer));
+        }
+        Err(e) => warn!(
+            "virtio-fs share {:?}: no FORGET batch timer, FORGETs go one by one: {e}",
+            backend.dev.tag()
+        ),
     }
 }
 
@@ -196,8 +284,9 @@ pub fn serve_vhost_user_on(
 
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let backend = Arc::new(VhostUserFs::new(dev, mem.clone()));
-    let daemon =
-        VhostUserDaemon::new(format!("vhost-user-fs {tag}"), backend, mem).map_err(&daemon_err)?;
+    let daemon = VhostUserDaemon::new(format!("vhost-user-fs {tag}"), backend.clone(), mem)
+        .map_err(&daemon_err)?;
+    batch_forgets_on(&backend, &daemon);
 
     let thread = thread::Builder::new()
         .name(format!("vufs-{tag}"))

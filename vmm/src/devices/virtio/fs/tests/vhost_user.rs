@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fuse_backend_rs::abi::fuse_abi::{EntryOut, Opcode, OutHeader, ROOT_ID};
+use fuse_backend_rs::abi::fuse_abi::{EntryOut, ForgetIn, Opcode, OutHeader, ROOT_ID};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{
-    FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap, GuestRegionMmap, MmapRegion,
+    ByteValued, FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap, GuestRegionMmap, MmapRegion,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -83,40 +83,13 @@ fn fuse_request_through_a_shared_memory_vring() {
     let dev = device(dir.path());
     let handle = serve_vhost_user(dev.clone(), &socket).unwrap();
 
-    // Guest memory backed by a file, shared with the backend like QEMU's memfd.
-    let file = tempfile::tempfile().unwrap();
-    file.set_len(MEM_SIZE).unwrap();
-    let region = MmapRegion::from_file(FileOffset::new(file, 0), MEM_SIZE as usize).unwrap();
-    let region = GuestRegionMmap::new(region, GuestAddress(0)).unwrap();
-    let info = VhostUserMemoryRegionInfo::from_guest_region(&region).unwrap();
-    let mem = GuestMemoryMmap::from_regions(vec![region]).unwrap();
+    let (mem, info) = shared_memory();
     let mut drv = Driver::new(&mem);
 
     let mut fe = Frontend::connect(&socket, FsDevice::NUM_QUEUES as u64).unwrap();
     handshake(&mut fe, &dev);
     fe.set_mem_table(&[info]).unwrap();
-    let host = |gpa: GuestAddress| mem.get_host_address(gpa).unwrap() as u64;
-    let request_queue = 1;
-    fe.set_vring_num(request_queue, QUEUE_LEN).unwrap();
-    fe.set_vring_addr(
-        request_queue,
-        &VringConfigData {
-            queue_max_size: FsDevice::QUEUE_SIZE,
-            queue_size: QUEUE_LEN,
-            flags: 0,
-            desc_table_addr: host(drv.vq.desc_table_addr()),
-            used_ring_addr: host(drv.vq.used_addr()),
-            avail_ring_addr: host(drv.vq.avail_addr()),
-            log_addr: None,
-        },
-    )
-    .unwrap();
-    fe.set_vring_base(request_queue, 0).unwrap();
-    let call = EventFd::new(EFD_NONBLOCK).unwrap();
-    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-    fe.set_vring_call(request_queue, &call).unwrap();
-    fe.set_vring_kick(request_queue, &kick).unwrap();
-    fe.set_vring_enable(request_queue, true).unwrap();
+    let (call, kick) = enable_vring(&mut fe, &mem, &drv, 1);
 
     let init = drv.init();
     let name = c"hello.txt";
@@ -147,6 +120,107 @@ fn fuse_request_through_a_shared_memory_vring() {
     assert_eq!(header.error, 0);
     let entry: EntryOut = Driver::parse(&body);
     assert_eq!(entry.attr.size, 2);
+
+    drop(fe);
+    join_within_deadline(handle);
+}
+
+/// Guest memory backed by a file, shared with the backend like QEMU's memfd.
+fn shared_memory() -> (GuestMemoryMmap, VhostUserMemoryRegionInfo) {
+    let file = tempfile::tempfile().unwrap();
+    file.set_len(MEM_SIZE).unwrap();
+    let region = MmapRegion::from_file(FileOffset::new(file, 0), MEM_SIZE as usize).unwrap();
+    let region = GuestRegionMmap::new(region, GuestAddress(0)).unwrap();
+    let info = VhostUserMemoryRegionInfo::from_guest_region(&region).unwrap();
+    (GuestMemoryMmap::from_regions(vec![region]).unwrap(), info)
+}
+
+/// Points vring `index` at `drv`'s rings and enables it; returns its (call, kick).
+fn enable_vring(
+    fe: &mut Frontend,
+    mem: &GuestMemoryMmap,
+    drv: &Driver<'_>,
+    index: usize,
+) -> (EventFd, EventFd) {
+    let host = |gpa: GuestAddress| mem.get_host_address(gpa).unwrap() as u64;
+    fe.set_vring_num(index, QUEUE_LEN).unwrap();
+    fe.set_vring_addr(
+        index,
+        &VringConfigData {
+            queue_max_size: FsDevice::QUEUE_SIZE,
+            queue_size: QUEUE_LEN,
+            flags: 0,
+            desc_table_addr: host(drv.vq.desc_table_addr()),
+            used_ring_addr: host(drv.vq.used_addr()),
+            avail_ring_addr: host(drv.vq.avail_addr()),
+            log_addr: None,
+        },
+    )
+    .unwrap();
+    fe.set_vring_base(index, 0).unwrap();
+    let call = EventFd::new(EFD_NONBLOCK).unwrap();
+    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+    fe.set_vring_call(index, &call).unwrap();
+    fe.set_vring_kick(index, &kick).unwrap();
+    fe.set_vring_enable(index, true).unwrap();
+    (call, kick)
+}
+
+/// Waits (10 s at most) until `what` holds.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < DEADLINE, "{what}");
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn forgets_are_batched_and_the_stragglers_drained_by_a_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("fs.sock");
+    let dev = device(dir.path());
+    let handle = serve_vhost_user(dev.clone(), &socket).unwrap();
+    let (mem, info) = shared_memory();
+    let mut drv = Driver::new(&mem);
+    let mut fe = Frontend::connect(&socket, FsDevice::NUM_QUEUES as u64).unwrap();
+    // The handshake acks EVENT_IDX, which batching needs.
+    handshake(&mut fe, &dev);
+    fe.set_mem_table(&[info]).unwrap();
+    let (call, kick) = enable_vring(&mut fe, &mem, &drv, 0);
+    let forget = ForgetIn { nlookup: 1 };
+    let forgets = |drv: &mut Driver<'_>, n: usize| {
+        for _ in 0..n {
+            drv.request(Opcode::Forget, ROOT_ID, forget.as_slice(), &[]);
+        }
+    };
+
+    // A first FORGET, kicked: answered, and the driver may now queue 31
+    // more (batch_for(256) = 32) before it kicks again.
+    forgets(&mut drv, 1);
+    kick.write(1).unwrap();
+    let mut used = 0;
+    eventually("the kicked FORGET is answered", || {
+        used += drv.used().len();
+        used == 1
+    });
+    eventually("avail_event is a batch ahead", || drv.avail_event() == 32);
+    assert!(call.read().is_ok(), "the driver asked to hear of it");
+
+    // Three more, not kicked (below the batch): the timer drains them.
+    drv.set_used_event(1);
+    let queued = Instant::now();
+    forgets(&mut drv, 3);
+    eventually("the timer drains the unkicked FORGETs", || {
+        used += drv.used().len();
+        used == 4
+    });
+    eprintln!("drained after {:?}", queued.elapsed());
+    eventually("and interrupts for them", || call.read().is_ok());
+    // Once FORGETs stop, a quiet timer period makes the next one kick again.
+    eventually("avail_event back at the next chain", || {
+        drv.avail_event() == 4
+    });
 
     drop(fe);
     join_within_deadline(handle);
