@@ -6,8 +6,9 @@
 //! hiprio worker's wake-up) and an interrupt (the VMM's event loop, the
 //! vCPU, the guest's completion worker). Once callers poll for their
 //! answers (poll.rs), that interrupt also knocks the next caller's watch
-//! off its CPU. In the TCG guest, an unlink loop took 0.07 s per 1,000
-//! with a kick and an interrupt per FORGET, and 0.03 s with this batching.
+//! off its CPU. In the TCG guest, an unlink loop took 0.07-0.08 s per
+//! 1,000 with a kick and an interrupt per FORGET, and 0.03-0.04 s with
+//! this batching (docs/fs-levers.md).
 //!
 //! Once a drain of hiprio found FORGETs, the worker lets the driver queue
 //! [`BATCH`] more before it kicks: with EVENT_IDX the driver kicks only
