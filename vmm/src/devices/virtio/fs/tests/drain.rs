@@ -3,9 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use fuse_backend_rs::abi::fuse_abi::{AttrOut, GetattrIn, Opcode, OutHeader, ROOT_ID};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{ByteValued, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use super::fuse_driver::{guest_memory, share, Driver, Pending};
 use crate::devices::virtio::fs::poll::Drain;
@@ -22,16 +21,6 @@ fn handshake(dev: &FsDevice, mem: &GuestMemoryMmap, drv: &mut Driver<'_>, queue:
     let init = drv.init();
     dev.process_queue(mem, queue).unwrap();
     assert_answered(drv, &[init]);
-}
-
-fn getattr(drv: &mut Driver<'_>) -> Pending {
-    let reply = (std::mem::size_of::<OutHeader>() + std::mem::size_of::<AttrOut>()) as u32;
-    drv.request(
-        Opcode::Getattr,
-        ROOT_ID,
-        GetattrIn::default().as_slice(),
-        &[reply],
-    )
 }
 
 /// Each pending request was answered without error.
@@ -53,7 +42,7 @@ fn the_interrupt_window_bounds_how_long_an_answer_waits_untold() {
     handshake(&dev, &mem, &mut drv, &mut queue);
 
     for (window, expected) in [(Duration::from_secs(60), 1), (Duration::ZERO, 3)] {
-        let pending: Vec<Pending> = (0..3).map(|_| getattr(&mut drv)).collect();
+        let pending: Vec<Pending> = (0..3).map(|_| drv.getattr_root()).collect();
         let mut signals = 0;
         let mut count = || signals += 1;
         let drain = Drain {
@@ -78,7 +67,7 @@ fn a_polling_worker_answers_the_next_request_without_a_kick() {
     queue.set_event_idx(true);
     handshake(&dev, &mem, &mut drv, &mut queue);
 
-    let first = getattr(&mut drv);
+    let first = drv.getattr_root();
     // The driver asks to hear of the next used element.
     drv.set_used_event(queue.next_used());
     let polled_before = dev.stats().polled_batches();
@@ -101,7 +90,7 @@ fn a_polling_worker_answers_the_next_request_without_a_kick() {
         while drv.used().is_empty() {
             std::thread::yield_now();
         }
-        let second = getattr(&mut drv);
+        let second = drv.getattr_root();
         let (queue, signals) = worker.join().unwrap();
         (second, signals, queue)
     });
@@ -140,7 +129,7 @@ fn polling_gives_up_after_its_budget_and_needs_event_idx() {
 
     // Without EVENT_IDX the driver's kicks cannot be suppressed: no watch.
     queue.set_event_idx(false);
-    let attr = getattr(&mut drv);
+    let attr = drv.getattr_root();
     let started = Instant::now();
     let drain = Drain {
         signal: Some(&mut ignore),

@@ -3,7 +3,9 @@
 
 use std::mem::size_of;
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, InitIn, Opcode, OutHeader};
+use fuse_backend_rs::abi::fuse_abi::{
+    AttrOut, GetattrIn, InHeader, InitIn, Opcode, OutHeader, ROOT_ID,
+};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -194,6 +196,17 @@ impl<'a> Driver<'a> {
             unique,
             reply,
         }
+    }
+
+    /// GETATTR of the share's root, with room for its answer.
+    pub fn getattr_root(&mut self) -> Pending {
+        let reply = (size_of::<OutHeader>() + size_of::<AttrOut>()) as u32;
+        self.request(
+            Opcode::Getattr,
+            ROOT_ID,
+            GetattrIn::default().as_slice(),
+            &[reply],
+        )
     }
 
     /// FUSE_INIT as a 7.33 kernel sends it.

@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fuse_backend_rs::abi::fuse_abi::{AttrOut, GetattrIn, Opcode, OutHeader, ROOT_ID};
 use virtio_queue::QueueT;
-use vm_memory::ByteValued;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::fuse_driver::{guest_memory, share, Driver, Pending, QUEUE_LEN};
@@ -95,28 +94,34 @@ fn await_interrupts(irq: &EventFd) -> u64 {
     }
 }
 
-fn getattr(drv: &mut Driver<'_>) -> Pending {
-    let reply = (std::mem::size_of::<OutHeader>() + std::mem::size_of::<AttrOut>()) as u32;
-    drv.request(
-        Opcode::Getattr,
-        ROOT_ID,
-        GetattrIn::default().as_slice(),
-        &[reply],
-    )
+/// A workspace share with these drain levers behind an MMIO transport:
+/// (its directory, the device, guest memory, the irqfd, the transport).
+fn behind_mmio(
+    irq_window: Option<Duration>,
+    poll: Duration,
+) -> (
+    tempfile::TempDir,
+    Arc<FsDevice>,
+    GuestMemoryMmap,
+    EventFd,
+    MmioTransport,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = share(dir.path(), SharePolicy::Workspace).with_drain_levers(irq_window, poll);
+    let dev = Arc::new(dev);
+    let mem = guest_memory();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let t = MmioTransport::new(dev.clone(), mem.clone(), irq.try_clone().unwrap()).unwrap();
+    (dir, dev, mem, irq, t)
 }
 
 #[test]
 fn behind_mmio_the_worker_interrupts_per_answer_and_takes_the_next_request_unkicked() {
-    let dir = tempfile::tempdir().unwrap();
     // A watch long enough that a loaded test machine still adds the second
     // request inside it; a request ends the watch at once.
-    let dev = share(dir.path(), SharePolicy::Workspace)
-        .with_drain_levers(Some(Duration::ZERO), Duration::from_millis(800));
-    let dev = Arc::new(dev);
-    let mem = guest_memory();
+    let (_dir, dev, mem, irq, mut t) =
+        behind_mmio(Some(Duration::ZERO), Duration::from_millis(800));
     let mut drv = Driver::new(&mem);
-    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let mut t = MmioTransport::new(dev.clone(), mem.clone(), irq.try_clone().unwrap()).unwrap();
     bring_up(&mut t, &drv);
 
     let init = drv.init();
@@ -130,7 +135,7 @@ fn behind_mmio_the_worker_interrupts_per_answer_and_takes_the_next_request_unkic
     // available without a notify while the worker watches the ring.
     drv.set_used_event(1);
     let polled = dev.stats().polled_batches();
-    let second = getattr(&mut drv);
+    let second = drv.getattr_root();
     await_answers(&mut drv, &[second]);
     assert_eq!(await_interrupts(&irq), 1);
     assert_eq!(dev.stats().polled_batches(), polled + 1);
@@ -140,16 +145,11 @@ fn behind_mmio_the_worker_interrupts_per_answer_and_takes_the_next_request_unkic
 
 #[test]
 fn behind_mmio_a_share_without_levers_interrupts_once_per_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let dev = share(dir.path(), SharePolicy::Workspace).with_drain_levers(None, Duration::ZERO);
-    let dev = Arc::new(dev);
-    let mem = guest_memory();
+    let (_dir, dev, mem, irq, mut t) = behind_mmio(None, Duration::ZERO);
     let mut drv = Driver::new(&mem);
-    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let mut t = MmioTransport::new(dev.clone(), mem.clone(), irq.try_clone().unwrap()).unwrap();
     bring_up(&mut t, &drv);
     let mut pending = vec![drv.init()];
-    pending.extend((0..3).map(|_| getattr(&mut drv)));
+    pending.extend((0..3).map(|_| drv.getattr_root()));
     w(&mut t, reg::QUEUE_NOTIFY, FsDevice::REQUEST_QUEUE as u32);
     await_answers(&mut drv, &pending);
     assert_eq!(await_interrupts(&irq), 1, "four answers, one interrupt");

@@ -79,16 +79,8 @@ fn socket_is_bound_on_return_and_speaks_vhost_user() {
 fn fuse_request_through_a_shared_memory_vring() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("hello.txt"), b"hi").unwrap();
-    let socket = dir.path().join("fs.sock");
-    let dev = device(dir.path());
-    let handle = serve_vhost_user(dev.clone(), &socket).unwrap();
-
-    let (mem, info) = shared_memory();
+    let (_dev, handle, mut fe, mem) = connected(dir.path());
     let mut drv = Driver::new(&mem);
-
-    let mut fe = Frontend::connect(&socket, FsDevice::NUM_QUEUES as u64).unwrap();
-    handshake(&mut fe, &dev);
-    fe.set_mem_table(&[info]).unwrap();
     let (call, kick) = enable_vring(&mut fe, &mem, &drv, 1);
 
     let init = drv.init();
@@ -123,6 +115,20 @@ fn fuse_request_through_a_shared_memory_vring() {
 
     drop(fe);
     join_within_deadline(handle);
+}
+
+/// A workspace share of `dir` served on a socket in it, a frontend connected
+/// and past the handshake (EVENT_IDX acked), and guest memory shared with
+/// the backend: (device, server thread, frontend, memory).
+fn connected(dir: &Path) -> (Arc<FsDevice>, VhostUserHandle, Frontend, GuestMemoryMmap) {
+    let socket = dir.join("fs.sock");
+    let dev = device(dir);
+    let handle = serve_vhost_user(dev.clone(), &socket).unwrap();
+    let (mem, info) = shared_memory();
+    let mut fe = Frontend::connect(&socket, FsDevice::NUM_QUEUES as u64).unwrap();
+    handshake(&mut fe, &dev);
+    fe.set_mem_table(&[info]).unwrap();
+    (dev, handle, fe, mem)
 }
 
 /// Guest memory backed by a file, shared with the backend like QEMU's memfd.
@@ -178,15 +184,9 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn forgets_are_batched_and_the_stragglers_drained_by_a_timer() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("fs.sock");
-    let dev = device(dir.path());
-    let handle = serve_vhost_user(dev.clone(), &socket).unwrap();
-    let (mem, info) = shared_memory();
-    let mut drv = Driver::new(&mem);
-    let mut fe = Frontend::connect(&socket, FsDevice::NUM_QUEUES as u64).unwrap();
     // The handshake acks EVENT_IDX, which batching needs.
-    handshake(&mut fe, &dev);
-    fe.set_mem_table(&[info]).unwrap();
+    let (_dev, handle, mut fe, mem) = connected(dir.path());
+    let mut drv = Driver::new(&mem);
     let (call, kick) = enable_vring(&mut fe, &mem, &drv, 0);
     let forget = ForgetIn { nlookup: 1 };
     let forgets = |drv: &mut Driver<'_>, n: usize| {
