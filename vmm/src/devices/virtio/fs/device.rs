@@ -88,7 +88,9 @@ impl FsDevice {
     pub const QUEUE_SIZE: u16 = 1024;
     /// `virtio_fs_config.num_request_queues`.
     pub const NUM_REQUEST_QUEUES: u32 = 1;
-    /// The index of the (only) request queue; 0 is hiprio.
+    /// The index of the hiprio queue (FORGETs).
+    pub const HIPRIO_QUEUE: usize = 0;
+    /// The index of the (only) request queue.
     pub const REQUEST_QUEUE: usize = 1;
 
     /// Creates the device for `cfg`. Nothing is opened under the source until the guest's

@@ -29,12 +29,13 @@ use super::{FsDevice, FsError};
 type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
 /// The hiprio queue (FORGETs), served by its own worker thread.
-const HIPRIO: usize = 0;
+const HIPRIO: usize = FsDevice::HIPRIO_QUEUE;
 /// The event id of the FORGET batch timer on the hiprio worker's epoll
 /// (vhost-user-backend reserves 0 to `NUM_QUEUES` for kicks and its exit event).
 const FORGET_TIMER: u16 = FsDevice::NUM_QUEUES as u16 + 1;
 
-/// A `VhostUserBackend` that hands each kicked queue to `FsDevice::process_queue`.
+/// A `VhostUserBackend` that hands each kicked queue to `FsDevice::process_queue_with`,
+/// and batches hiprio's FORGETs (forget_batch.rs).
 #[derive(Debug)]
 pub struct VhostUserFs {
     dev: Arc<FsDevice>,
@@ -157,6 +158,7 @@ impl VhostUserBackend for VhostUserFs {
                 let _ = t.lock().unwrap_or_else(|p| p.into_inner()).wait();
             }
         }
+        // The timer's worker serves hiprio only, its vring 0.
         let index = if timer { 0 } else { usize::from(device_event) };
         let Some(vring) = vrings.get(index) else {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));

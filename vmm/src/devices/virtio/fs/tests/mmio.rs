@@ -162,7 +162,7 @@ fn only_the_request_queue_is_drained_with_the_levers() {
     let dev = share(dir.path(), SharePolicy::Workspace)
         .with_drain_levers(Some(Duration::ZERO), Duration::from_millis(300));
     let mut never = || panic!("hiprio never signals on its own");
-    let drain = dev.drain(0, &mut never);
+    let drain = dev.drain(FsDevice::HIPRIO_QUEUE, &mut never);
     assert!(drain.signal.is_none() && drain.irq_window.is_none() && drain.poll.is_zero());
     let mut fine = || {};
     let drain = dev.drain(FsDevice::REQUEST_QUEUE, &mut fine);

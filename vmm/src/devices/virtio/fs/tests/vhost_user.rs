@@ -81,7 +81,7 @@ fn fuse_request_through_a_shared_memory_vring() {
     fs::write(dir.path().join("hello.txt"), b"hi").unwrap();
     let (_dev, handle, mut fe, mem) = connected(dir.path());
     let mut drv = Driver::new(&mem);
-    let (call, kick) = enable_vring(&mut fe, &mem, &drv, 1);
+    let (call, kick) = enable_vring(&mut fe, &mem, &drv, FsDevice::REQUEST_QUEUE);
 
     let init = drv.init();
     let name = c"hello.txt";
@@ -187,7 +187,7 @@ fn forgets_are_batched_and_the_stragglers_drained_by_a_timer() {
     // The handshake acks EVENT_IDX, which batching needs.
     let (_dev, handle, mut fe, mem) = connected(dir.path());
     let mut drv = Driver::new(&mem);
-    let (call, kick) = enable_vring(&mut fe, &mem, &drv, 0);
+    let (call, kick) = enable_vring(&mut fe, &mem, &drv, FsDevice::HIPRIO_QUEUE);
     let forget = ForgetIn { nlookup: 1 };
     let forgets = |drv: &mut Driver<'_>, n: usize| {
         for _ in 0..n {
