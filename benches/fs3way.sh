@@ -15,6 +15,7 @@
 # Ways alternate within each round; the table shows medians over rounds.
 #   benches/fs3way.sh [ROUNDS]       (VIRTIOFSD=path to skip installing it)
 #   HUTCH_B_LEVERS=irq_window=10 FS3WAY_WAYS="hutch hutch-b" benches/fs3way.sh 4
+#   VIRTIOFSD_ARGS=--thread-pool-size=4 FS3WAY_WAYS="hutch virtiofsd" benches/fs3way.sh 3
 # The workspace lives under $TMPDIR (default /tmp): all three ways use it, so
 # pick a file system whose create cost is steady (see docs/fs-levers.md).
 set -euo pipefail
@@ -43,6 +44,7 @@ if [ -z "${VIRTIOFSD:-}" ]; then
     fi
 fi
 "$VIRTIOFSD" --version >&2
+[ -z "${VIRTIOFSD_ARGS:-}" ] || say "virtiofsd gets: $VIRTIOFSD_ARGS"
 
 inputs=target/fsbench/inputs
 benches/fs/prepare.sh "$inputs"
@@ -75,7 +77,8 @@ way() {
     virtiofsd)
         local sock=$work/virtiofsd.sock
         rm -f "$sock"
-        "$VIRTIOFSD" --socket-path "$sock" --shared-dir "$ws" --cache auto 2>"$work/virtiofsd.log" &
+        "$VIRTIOFSD" --socket-path "$sock" --shared-dir "$ws" --cache auto "${vextra[@]}" \
+            2>"$work/virtiofsd.log" &
         vfsd_pid=$!
         for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
         HUTCH_QEMU_WORKSPACE_BACKEND=$sock guest qemu
@@ -85,6 +88,8 @@ way() {
     esac
 }
 
+# VIRTIOFSD_ARGS adds arguments to virtiofsd's (say "--thread-pool-size=4").
+read -r -a vextra <<<"${VIRTIOFSD_ARGS:-}"
 # FS3WAY_WAYS picks ways (say "hutch hutch-b" to time a lever alone).
 read -r -a ways <<<"${FS3WAY_WAYS:-host hutch virtiofsd guest-tmpfs}"
 if [ -z "${FS3WAY_WAYS:-}" ]; then

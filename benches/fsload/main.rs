@@ -8,8 +8,10 @@
 //!
 //! Usage: hutch-bench-fsload [--hutch BIN] [--virtiofsd BIN] [--virtiofsd-arg ARG]...
 //!            [--depth 1,16] [--rounds 5] [--secs 0.5] [--entries 10000] [--files 1000]
-//!            [--dir DIR]
+//!            [--dir DIR] [--phase-log FILE]
 //!
+//! `--phase-log` appends each phase's server, op, wall-clock start and end (ns) and op count
+//! to FILE, so that a trace of a server (`benches/fssyscalls.sh`) can be cut into phases.
 //! `--hutch` defaults to `hutch-bench-fsserve` next to this binary, `--virtiofsd` to
 //! `$VIRTIOFSD` (without either, only hutch runs), `--virtiofsd-arg` to `--cache auto`.
 
@@ -53,6 +55,9 @@ struct Args {
     budget: Duration,
     fixture: FixtureSpec,
     dir: Option<PathBuf>,
+    /// Where to append `SERVER\tOP\tSTART_NS\tEND_NS\tCOUNT` per phase
+    /// (wall-clock ns), so that a trace of a server can be cut into phases.
+    phase_log: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -71,6 +76,7 @@ fn parse_args() -> Result<Args, String> {
             file_len: 16 << 20,
         },
         dir: None,
+        phase_log: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -95,6 +101,7 @@ fn parse_args() -> Result<Args, String> {
             "--entries" => a.fixture.entries = num(value()?)?,
             "--files" => a.fixture.files = num(value()?)?.max(1),
             "--dir" => a.dir = Some(value()?.into()),
+            "--phase-log" => a.phase_log = Some(value()?.into()),
             "-h" | "--help" => return Err(USAGE.into()),
             _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
         }
@@ -116,7 +123,8 @@ fn parse_args() -> Result<Args, String> {
 }
 
 const USAGE: &str = "usage: hutch-bench-fsload [--hutch BIN] [--virtiofsd BIN] \
-[--virtiofsd-arg ARG]... [--depth 1,16] [--rounds N] [--secs S] [--entries N] [--files N] [--dir DIR]";
+[--virtiofsd-arg ARG]... [--depth 1,16] [--rounds N] [--secs S] [--entries N] [--files N] [--dir DIR] \
+[--phase-log FILE]";
 
 /// Opens a session on `socket` and looks up the fixture (`server` explains a failure).
 pub fn open_target(
@@ -174,8 +182,19 @@ fn round(
             targets.reverse();
         }
         for (i, _, s, ctx) in targets.iter_mut() {
+            let start = wall_ns();
             let st = engine::run_phase(s, ctx, op, a.budget)
                 .map_err(|e| format!("{} {}: {e}", a.servers[*i].name, op.name()))?;
+            if let Some(path) = &a.phase_log {
+                let line = format!(
+                    "{}\t{}\t{start}\t{}\t{}\n",
+                    a.servers[*i].name,
+                    op.name(),
+                    wall_ns(),
+                    st.count
+                );
+                append(path, &line).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
             res.entry((depth, k, *i)).or_default().push(st);
         }
         targets.sort_by_key(|t| t.0);
@@ -185,6 +204,22 @@ fn round(
         server.stop();
     }
     Ok(())
+}
+
+/// Nanoseconds since the epoch: the clock `strace -ttt` stamps lines with.
+fn wall_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn append(path: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(line.as_bytes())
 }
 
 fn run(a: &Args) -> Result<String, String> {

@@ -16,7 +16,7 @@ use super::console::{pump_stdin, HostConsole};
 use super::fs_backend::FsBackend;
 use super::{detect, EngineError, VmOutcome, VmSpec};
 use crate::control::StopReason;
-use crate::devices::virtio::fs::SharePolicy;
+use crate::devices::virtio::fs::{Levers, SharePolicy, DEFAULT_QUEUE};
 use crate::devices::virtio::vsock::{serve_vhost_user_vsock, VsockConfig, VsockDevice};
 
 /// A private directory for the run's sockets and initramfs, removed on drop.
@@ -56,12 +56,21 @@ impl Drop for RuntimeDir {
 
 use std::os::unix::fs::DirBuilderExt;
 
+/// One vhost-user-fs device: its backend's socket, its tag and, where a
+/// lever asks for one, its virtqueue size (else QEMU's default, 128).
+#[derive(Debug, Clone)]
+pub struct FsSocket {
+    pub sock: PathBuf,
+    pub tag: String,
+    pub queue: Option<u16>,
+}
+
 /// The QEMU command line for `spec`.
 pub fn qemu_args(
     spec: &VmSpec,
     kvm: bool,
     initrd: Option<&Path>,
-    sockets: &[(PathBuf, String)],
+    sockets: &[FsSocket],
     vsock: Option<&Path>,
 ) -> Vec<String> {
     let mem_mib = spec.memory >> 20;
@@ -100,12 +109,16 @@ pub fn qemu_args(
     if let Some(rd) = initrd {
         a.extend(["-initrd".into(), rd.display().to_string()]);
     }
-    for (i, (sock, tag)) in sockets.iter().enumerate() {
+    for (i, fs) in sockets.iter().enumerate() {
+        let mut device = format!("vhost-user-fs-device,chardev=fs{i},tag={}", fs.tag);
+        if let Some(n) = fs.queue {
+            device.push_str(&format!(",queue-size={n}"));
+        }
         a.extend([
             "-chardev".into(),
-            format!("socket,id=fs{i},path={}", sock.display()),
+            format!("socket,id=fs{i},path={}", fs.sock.display()),
             "-device".into(),
-            format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"),
+            device,
         ]);
     }
     if let Some(sock) = vsock {
@@ -156,14 +169,25 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     let mut sockets = Vec::new();
     let mut backends = Vec::new();
     let external_ws = std::env::var_os(EXTERNAL_WORKSPACE_ENV).map(PathBuf::from);
+    // The workspace's `queue=` lever sizes its device (also for an external
+    // backend, so a benchmark can give both servers the same depth).
+    let ws_queue = Levers::from_env()?.queue;
     for (i, share) in std::mem::take(&mut spec.shares).into_iter().enumerate() {
-        if let (SharePolicy::Workspace, Some(sock)) = (share.policy, &external_ws) {
-            sockets.push((external_backend(sock)?, share.tag));
-            continue;
-        }
-        let sock = rt.0.join(format!("fs{i}.sock"));
-        backends.push(FsBackend::spawn(&share, &sock, spec.fs_stats)?);
-        sockets.push((sock, share.tag));
+        let queue = (share.policy == SharePolicy::Workspace && ws_queue != DEFAULT_QUEUE)
+            .then_some(ws_queue);
+        let sock = match (share.policy, &external_ws) {
+            (SharePolicy::Workspace, Some(sock)) => external_backend(sock)?,
+            _ => {
+                let sock = rt.0.join(format!("fs{i}.sock"));
+                backends.push(FsBackend::spawn(&share, &sock, spec.fs_stats)?);
+                sock
+            }
+        };
+        sockets.push(FsSocket {
+            sock,
+            tag: share.tag,
+            queue,
+        });
     }
     // The backends start side by side (the root's secrets scan overlaps the
     // workspace's set-up); each says when it serves.
@@ -396,7 +420,18 @@ mod tests {
 
     #[test]
     fn args_use_microvm_without_acpi_and_shared_memfd() {
-        let socks = vec![(PathBuf::from("/r/fs0.sock"), "hutch-root".to_string())];
+        let socks = vec![
+            FsSocket {
+                sock: PathBuf::from("/r/fs0.sock"),
+                tag: "hutch-root".to_string(),
+                queue: None,
+            },
+            FsSocket {
+                sock: PathBuf::from("/r/fs1.sock"),
+                tag: "hutch-ws".to_string(),
+                queue: Some(1024),
+            },
+        ];
         let a = qemu_args(
             &spec(),
             false,
@@ -412,7 +447,8 @@ mod tests {
         assert!(joined.contains("-accel tcg,thread=multi"));
         assert!(joined.contains("-initrd /r/initrd.cpio"));
         assert!(joined.contains("socket,id=fs0,path=/r/fs0.sock"));
-        assert!(joined.contains("vhost-user-fs-device,chardev=fs0,tag=hutch-root"));
+        assert!(joined.contains("vhost-user-fs-device,chardev=fs0,tag=hutch-root -chardev"));
+        assert!(joined.contains("vhost-user-fs-device,chardev=fs1,tag=hutch-ws,queue-size=1024"));
         let append = a.iter().position(|x| x == "-append").unwrap();
         assert_eq!(
             a[append + 1],

@@ -85,6 +85,21 @@ pub struct Levers {
     /// hiprio the driver may queue 32 more before it kicks, and a timer
     /// drains the rest 20 ms later. Off: a kick and an interrupt each.
     pub forget_batch: bool,
+    /// FUSE ASYNC_READ, **off**: with it the guest sends readahead (every
+    /// read of a page it lacks) as a background request, whose answer comes
+    /// by interrupt and the completion worker, which then wakes the reader
+    /// waiting on the page lock. Without it the reader sends the READ
+    /// itself and polls for the answer ([`Self::guest_poll`]): random 4 KiB
+    /// reads ran 5x faster and mmap reads 1.2-2x, sequential reads within
+    /// noise (docs/fs-levers.md). The read-only root keeps it.
+    pub async_read: bool,
+    /// FUSE PARALLEL_DIROPS: the guest runs lookups and listings of one
+    /// directory side by side instead of under the directory's lock.
+    pub parallel_dirops: bool,
+    /// qemu engine: the workspace device's virtqueue size (QEMU's
+    /// `queue-size`), the most requests the guest can have in flight.
+    /// Default 128, QEMU's own (docs/fs-levers.md: 1024 measured no better).
+    pub queue: u16,
 }
 
 /// How long a directory's mtime must be in the past before its listing may
@@ -95,6 +110,18 @@ pub const SETTLED: Duration = Duration::from_secs(2);
 /// The longest poll or interrupt window the levers accept: beyond it a
 /// worker burns a CPU for requests that are not coming, or a driver waits.
 const MAX_MICROS: u64 = 10_000;
+
+/// QEMU's own virtqueue size for vhost-user-fs, and hutch's default.
+pub const DEFAULT_QUEUE: u16 = 128;
+
+/// A `queue=` lever: a power of two the device offers (16 to its 1024).
+fn queue_size(n: &str) -> Result<u16, &'static str> {
+    let n: u16 = n.parse().map_err(|_| "not a whole number of entries")?;
+    if !(16..=super::FsDevice::QUEUE_SIZE).contains(&n) || !n.is_power_of_two() {
+        return Err("must be a power of two from 16 to 1024");
+    }
+    Ok(n)
+}
 
 /// A lever's microseconds, 0 to [`MAX_MICROS`].
 fn micros(us: &str) -> Result<Duration, &'static str> {
@@ -124,6 +151,9 @@ impl Default for Levers {
             poll: Duration::from_micros(300),
             guest_poll: true,
             forget_batch: true,
+            async_read: false,
+            parallel_dirops: true,
+            queue: DEFAULT_QUEUE,
         }
     }
 }
@@ -138,7 +168,7 @@ impl Levers {
     }
 
     /// Applies `spec`: comma-separated `+NAME`, `-NAME`, `timeout=SECONDS`,
-    /// `poll=MICROSECONDS` or `irq_window=MICROSECONDS|batch`.
+    /// `poll=MICROSECONDS`, `irq_window=MICROSECONDS|batch` or `queue=N`.
     pub fn apply(mut self, spec: &str) -> Result<Self, FsError> {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = |reason: &'static str| FsError::BadLever {
@@ -164,6 +194,10 @@ impl Levers {
                 };
                 continue;
             }
+            if let Some(n) = item.strip_prefix("queue=") {
+                self.queue = queue_size(n).map_err(bad)?;
+                continue;
+            }
             let (on, name) = match item.split_at(1) {
                 ("+", name) => (true, name),
                 ("-", name) => (false, name),
@@ -182,11 +216,14 @@ impl Levers {
                 "big_readdir" => self.big_readdir = on,
                 "guest_poll" => self.guest_poll = on,
                 "forget_batch" => self.forget_batch = on,
+                "async_read" => self.async_read = on,
+                "parallel_dirops" => self.parallel_dirops = on,
                 _ => {
                     return Err(bad(
                         "levers are flush, negative, writeback, irq_per_request, cache_dir, \
                          no_open, create_lookup, rename_report, xattr_hint, big_readdir, \
-                         guest_poll, forget_batch, timeout=S, poll=US, irq_window=US|batch",
+                         guest_poll, forget_batch, async_read, parallel_dirops, timeout=S, \
+                         poll=US, irq_window=US|batch, queue=N",
                     ))
                 }
             }
@@ -231,6 +268,11 @@ mod tests {
         assert_eq!(d.poll, Duration::from_micros(300));
         assert_eq!(d.apply("poll=0").unwrap().poll, Duration::ZERO);
         assert_eq!(d.apply("poll=40").unwrap().poll, Duration::from_micros(40));
+        assert!(!d.async_read && d.apply("+async_read").unwrap().async_read);
+        assert!(d.parallel_dirops && !d.apply("-parallel_dirops").unwrap().parallel_dirops);
+        assert_eq!(d.queue, 128);
+        assert_eq!(d.apply("queue=1024").unwrap().queue, 1024);
+        assert_eq!(d.apply("queue=16").unwrap().queue, 16);
         assert_eq!(d.apply("").unwrap(), d);
     }
 
@@ -244,6 +286,10 @@ mod tests {
             ("poll=1.5", "whole number"),
             ("poll=20000", "0 to 10000"),
             ("irq_window=soon", "whole number"),
+            ("queue=big", "whole number"),
+            ("queue=100", "power of two"),
+            ("queue=2048", "16 to 1024"),
+            ("queue=8", "16 to 1024"),
         ] {
             let e = Levers::default().apply(spec).unwrap_err().to_string();
             assert!(e.contains(spec) && e.contains(why), "{spec}: {e}");

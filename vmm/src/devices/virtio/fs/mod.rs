@@ -41,7 +41,7 @@ pub use confine::{confine_process, KEPT_CAPS};
 pub use device::{FsDevice, ShareFs};
 pub use dirs::{DirStreams, HostPath};
 pub use error::FsError;
-pub use levers::{Levers, LEVERS_ENV};
+pub use levers::{Levers, DEFAULT_QUEUE, LEVERS_ENV};
 pub use policy::{PolicyFs, ROOT_ALLOWLIST};
 pub use stats::FsStats;
 pub use vhost_user::{serve_vhost_user, serve_vhost_user_on, VhostUserFs, VhostUserHandle};

@@ -526,3 +526,41 @@ fn the_root_answers_no_xattrs_so_the_guest_stops_asking() {
         libc::EBADF
     );
 }
+
+#[test]
+fn init_asks_for_parallel_dirops_and_async_reads_as_the_levers_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let both = FsOptions::ASYNC_READ | FsOptions::PARALLEL_DIROPS;
+    let capable = both | FsOptions::BIG_WRITES;
+    let granted = |levers: Levers| {
+        PolicyFs::passthrough(passthrough(dir.path()), true)
+            .with_levers(levers)
+            .init(capable)
+            .unwrap()
+    };
+    // The workspace's defaults: parallel dirops, synchronous (polled) reads.
+    let d = granted(Levers::default());
+    assert!(
+        d.contains(FsOptions::PARALLEL_DIROPS | FsOptions::BIG_WRITES),
+        "{d:?}"
+    );
+    assert!(!d.contains(FsOptions::ASYNC_READ), "{d:?}");
+    let async_read = granted(Levers::default().apply("+async_read").unwrap());
+    assert!(
+        async_read.contains(both | FsOptions::BIG_WRITES),
+        "{async_read:?}"
+    );
+    let serial = granted(Levers::default().apply("-parallel_dirops").unwrap());
+    assert!(!serial.intersects(both), "{serial:?}");
+    // The read-only root keeps both, whatever the levers.
+    let root = PolicyFs::system_root(passthrough(dir.path()), dir.path())
+        .unwrap()
+        .with_levers(Levers::default().apply("-parallel_dirops").unwrap());
+    let r = root.init(capable).unwrap();
+    assert!(r.contains(both), "{r:?}");
+    // A guest that does not offer them is not granted them.
+    let plain = PolicyFs::passthrough(passthrough(dir.path()), true)
+        .init(FsOptions::empty())
+        .unwrap();
+    assert!(!plain.intersects(both), "{plain:?}");
+}
