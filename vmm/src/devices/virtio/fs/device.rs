@@ -127,7 +127,10 @@ impl FsDevice {
         // revalidates), so host edits show up at once.
         let levers = match policy {
             SharePolicy::Workspace => Levers::from_env()?,
-            SharePolicy::SystemRoot => Levers::default(),
+            SharePolicy::SystemRoot => Levers {
+                root_poll: Levers::from_env()?.root_poll,
+                ..Levers::default()
+            },
         };
         let (cache_policy, timeout) = match policy {
             SharePolicy::SystemRoot => (CachePolicy::Always, ROOT_CACHE_TIMEOUT),
@@ -171,12 +174,13 @@ impl FsDevice {
                 }
             }
             SharePolicy::SystemRoot => {
-                let fs =
-                    PolicyFs::system_root(inner, &source).map_err(|e| FsError::SourceAccess {
+                let fs = PolicyFs::system_root(inner, &source)
+                    .map_err(|e| FsError::SourceAccess {
                         tag: tag.clone(),
                         path: source.clone(),
                         source: e,
-                    })?;
+                    })?
+                    .with_levers(levers);
                 info!(
                     "virtio-fs share {tag:?}: system root {}, {} secret file(s) masked",
                     source.display(),
@@ -202,6 +206,8 @@ impl FsDevice {
             forget_batch: workspace && levers.forget_batch,
             private_flags: if workspace {
                 private_init::workspace_grants(&levers)
+            } else if levers.root_poll {
+                super::poll::FUSE_HUTCH_POLL
             } else {
                 0
             },

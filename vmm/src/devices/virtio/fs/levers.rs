@@ -100,6 +100,11 @@ pub struct Levers {
     /// `queue-size`), the most requests the guest can have in flight.
     /// Default 128, QEMU's own (docs/fs-levers.md: 1024 measured no better).
     pub queue: u16,
+    /// The read-only root grants guest polling ([`Self::guest_poll`]'s
+    /// flag) and answers INIT without ASYNC_READ, so an exec's page faults
+    /// poll for their READs instead of waiting for an interrupt. The only
+    /// lever the root share reads.
+    pub root_poll: bool,
 }
 
 /// How long a directory's mtime must be in the past before its listing may
@@ -154,6 +159,7 @@ impl Default for Levers {
             async_read: false,
             parallel_dirops: true,
             queue: DEFAULT_QUEUE,
+            root_poll: false,
         }
     }
 }
@@ -218,11 +224,12 @@ impl Levers {
                 "forget_batch" => self.forget_batch = on,
                 "async_read" => self.async_read = on,
                 "parallel_dirops" => self.parallel_dirops = on,
+                "root_poll" => self.root_poll = on,
                 _ => {
                     return Err(bad(
                         "levers are flush, negative, writeback, irq_per_request, cache_dir, \
                          no_open, create_lookup, rename_report, xattr_hint, big_readdir, \
-                         guest_poll, forget_batch, async_read, parallel_dirops, timeout=S, \
+                         guest_poll, forget_batch, async_read, parallel_dirops, root_poll, timeout=S, \
                          poll=US, irq_window=US|batch, queue=N",
                     ))
                 }
@@ -271,6 +278,7 @@ mod tests {
         assert!(!d.async_read && d.apply("+async_read").unwrap().async_read);
         assert!(d.parallel_dirops && !d.apply("-parallel_dirops").unwrap().parallel_dirops);
         assert_eq!(d.queue, 128);
+        assert!(!d.root_poll && d.apply("+root_poll").unwrap().root_poll);
         assert_eq!(d.apply("queue=1024").unwrap().queue, 1024);
         assert_eq!(d.apply("queue=16").unwrap().queue, 16);
         assert_eq!(d.apply("").unwrap(), d);

@@ -18,6 +18,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
             // The read-only root: the guest keeps symlink targets in its page
             // cache (every exec resolves /bin, /lib64 and library links).
             flags |= capable & FsOptions::CACHE_SYMLINKS;
+            if self.levers.root_poll {
+                flags.remove(FsOptions::ASYNC_READ);
+            }
         } else {
             // The workspace's levers (the root keeps both flags).
             if !self.levers.async_read {

@@ -558,6 +558,13 @@ fn init_asks_for_parallel_dirops_and_async_reads_as_the_levers_say() {
         .with_levers(Levers::default().apply("-parallel_dirops").unwrap());
     let r = root.init(capable).unwrap();
     assert!(r.contains(both), "{r:?}");
+    // ... unless root_poll makes its reads synchronous, to be polled for.
+    let root = PolicyFs::system_root(passthrough(dir.path()), dir.path())
+        .unwrap()
+        .with_levers(Levers::default().apply("+root_poll").unwrap());
+    let r = root.init(capable).unwrap();
+    assert!(!r.contains(FsOptions::ASYNC_READ), "{r:?}");
+    assert!(r.contains(FsOptions::PARALLEL_DIROPS), "{r:?}");
     // A guest that does not offer them is not granted them.
     let plain = PolicyFs::passthrough(passthrough(dir.path()), true)
         .init(FsOptions::empty())
