@@ -539,21 +539,14 @@ while [ $i -lt 300 ]; do [ -e "m$i" ] && n=$((n+1)); i=$((i+1)); done
 [ -e here ] && echo "found $n"; true"#;
         let mut seen = Vec::new();
         for (levers, budget) in [("", "5000"), ("-guest_poll", "5000"), ("", "0")] {
-            let argv: Vec<&std::ffi::OsStr> = ["sh", "-c", script]
-                .into_iter()
-                .map(std::ffi::OsStr::new)
-                .collect();
-            let mut args = hutch_e2e::run_args(e, ws.path(), &argv);
             let kernel_arg = format!("virtiofs.hutch_poll_us={budget}");
-            for (i, a) in ["--stats", "--kernel-arg", &kernel_arg]
-                .into_iter()
-                .enumerate()
-            {
-                args.insert(1 + i, a.into());
-            }
-            let mut h = hutch_e2e::Hutch::new(args);
-            h.cmd.env("HUTCH_FS_LEVERS", levers);
-            let o = h.output(None);
+            let o = hutch_e2e::run_with_stats(
+                e,
+                ws.path(),
+                &["sh", "-c", script],
+                levers,
+                &[&kernel_arg],
+            );
             let case = format!("levers {levers:?}, {kernel_arg}");
             assert_eq!(o.status, 0, "{case}: {}", o.stderr);
             assert_eq!(o.stdout_str(), "found 0\n", "{case}");

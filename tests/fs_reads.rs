@@ -37,22 +37,15 @@ per_engine!(reads_are_polled_for_without_async_read, |e: Engine| {
     let mut seen = Vec::new();
     for levers in ["", "+async_read"] {
         let (blocks, stride) = (BLOCKS.to_string(), STRIDE.to_string());
-        let argv: Vec<&std::ffi::OsStr> = ["python3", "reads.py", &blocks, &stride]
-            .into_iter()
-            .map(std::ffi::OsStr::new)
-            .collect();
-        let mut args = hutch_e2e::run_args(e, ws.path(), &argv);
         // A 5 ms watch, so that other tests' guests on the same CPUs do not
         // make the polling run's watches run out.
-        for (i, a) in ["--stats", "--kernel-arg", "virtiofs.hutch_poll_us=5000"]
-            .into_iter()
-            .enumerate()
-        {
-            args.insert(1 + i, a.into());
-        }
-        let mut h = hutch_e2e::Hutch::new(args);
-        h.cmd.env("HUTCH_FS_LEVERS", levers);
-        let o = h.output(None);
+        let o = hutch_e2e::run_with_stats(
+            e,
+            ws.path(),
+            &["python3", "reads.py", &blocks, &stride],
+            levers,
+            &["virtiofs.hutch_poll_us=5000"],
+        );
         let case = format!("levers {levers:?}");
         assert_eq!(o.status, 0, "{case}: {}", o.stderr);
         assert_eq!(

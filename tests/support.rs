@@ -308,9 +308,25 @@ macro_rules! per_engine {
 /// `hutch run --stats WS -- sh -c SCRIPT` on `engine`, to completion, with
 /// `HUTCH_FS_LEVERS=levers` (empty: the defaults).
 pub fn run_script_with_stats(engine: Engine, ws: &Path, script: &str, levers: &str) -> Output {
-    let argv: Vec<&OsStr> = ["sh", "-c", script].into_iter().map(OsStr::new).collect();
+    run_with_stats(engine, ws, &["sh", "-c", script], levers, &[])
+}
+
+/// `hutch run --stats [--kernel-arg A]... WS -- ARGV...` on `engine`, to
+/// completion, with `HUTCH_FS_LEVERS=levers` (empty: the defaults).
+pub fn run_with_stats(
+    engine: Engine,
+    ws: &Path,
+    argv: &[&str],
+    levers: &str,
+    kernel_args: &[&str],
+) -> Output {
+    let argv: Vec<&OsStr> = argv.iter().map(OsStr::new).collect();
     let mut args = run_args(engine, ws, &argv);
-    args.insert(1, "--stats".into());
+    let mut opts = vec![OsString::from("--stats")];
+    for k in kernel_args {
+        opts.extend([OsString::from("--kernel-arg"), OsString::from(k)]);
+    }
+    args.splice(1..1, opts);
     let mut h = Hutch::new(args);
     h.cmd.env("HUTCH_FS_LEVERS", levers);
     h.output(None)
