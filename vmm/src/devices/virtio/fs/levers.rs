@@ -90,7 +90,7 @@ pub struct Levers {
     /// by interrupt and the completion worker, which then wakes the reader
     /// waiting on the page lock. Without it the reader sends the READ
     /// itself and polls for the answer ([`Self::guest_poll`]): random 4 KiB
-    /// reads ran 5x faster and mmap reads 1.2-2x, sequential reads within
+    /// reads ran 5x faster and mmap reads 1.2x, sequential reads within
     /// noise (docs/fs-levers.md). The read-only root keeps it.
     pub async_read: bool,
     /// FUSE PARALLEL_DIROPS: the guest runs lookups and listings of one
