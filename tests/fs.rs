@@ -550,13 +550,8 @@ while [ $i -lt 300 ]; do [ -e "m$i" ] && n=$((n+1)); i=$((i+1)); done
             let case = format!("levers {levers:?}, {kernel_arg}");
             assert_eq!(o.status, 0, "{case}: {}", o.stderr);
             assert_eq!(o.stdout_str(), "found 0\n", "{case}");
-            let lookups = hutch_e2e::workspace_ops(&o.stderr)
-                .get("LOOKUP")
-                .copied()
-                .unwrap_or(0);
-            let requests = hutch_e2e::workspace_stat(&o.stderr, "requests");
-            let interrupts = hutch_e2e::workspace_stat(&o.stderr, "interrupts");
-            eprintln!("{case}: {requests} requests ({lookups} LOOKUP), {interrupts} interrupts");
+            let (lookups, requests, interrupts) =
+                hutch_e2e::workspace_counts(&case, &o.stderr, "LOOKUP");
             assert!(lookups >= 300, "{case}: {lookups} LOOKUP");
             seen.push((case, requests, interrupts));
         }

@@ -53,13 +53,7 @@ per_engine!(reads_are_polled_for_without_async_read, |e: Engine| {
             format!("read {} bad 0\n", BLOCKS / STRIDE),
             "{case}"
         );
-        let reads = hutch_e2e::workspace_ops(&o.stderr)
-            .get("READ")
-            .copied()
-            .unwrap_or(0);
-        let requests = hutch_e2e::workspace_stat(&o.stderr, "requests");
-        let interrupts = hutch_e2e::workspace_stat(&o.stderr, "interrupts");
-        eprintln!("{case}: {requests} requests ({reads} READ), {interrupts} interrupts");
+        let (reads, _, interrupts) = hutch_e2e::workspace_counts(&case, &o.stderr, "READ");
         assert!(reads >= (BLOCKS / STRIDE) as u64, "{case}: {reads} READ");
         seen.push((case, reads, interrupts));
     }

@@ -311,6 +311,16 @@ pub fn run_script_with_stats(engine: Engine, ws: &Path, script: &str, levers: &s
     run_with_stats(engine, ws, &["sh", "-c", script], levers, &[])
 }
 
+/// The workspace's `op` requests, all its requests and its interrupts, from
+/// a `--stats` run's stderr; printed with `case`.
+pub fn workspace_counts(case: &str, stderr: &str, op: &str) -> (u64, u64, u64) {
+    let ops = workspace_ops(stderr).get(op).copied().unwrap_or(0);
+    let requests = workspace_stat(stderr, "requests");
+    let interrupts = workspace_stat(stderr, "interrupts");
+    eprintln!("{case}: {requests} requests ({ops} {op}), {interrupts} interrupts");
+    (ops, requests, interrupts)
+}
+
 /// `hutch run --stats [--kernel-arg A]... WS -- ARGV...` on `engine`, to
 /// completion, with `HUTCH_FS_LEVERS=levers` (empty: the defaults).
 pub fn run_with_stats(

@@ -204,12 +204,9 @@ impl FsDevice {
                 Duration::ZERO
             },
             forget_batch: workspace && levers.forget_batch,
-            private_flags: if workspace {
-                private_init::workspace_grants(&levers)
-            } else if levers.root_poll {
-                super::poll::FUSE_HUTCH_POLL
-            } else {
-                0
+            private_flags: match policy {
+                SharePolicy::Workspace => private_init::workspace_grants(&levers),
+                SharePolicy::SystemRoot => private_init::root_grants(&levers),
             },
         })
     }

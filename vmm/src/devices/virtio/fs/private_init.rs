@@ -55,6 +55,17 @@ pub fn workspace_grants(levers: &Levers) -> u64 {
         .fold(0, |all, (flag, _)| all | flag)
 }
 
+/// The private flags the read-only root grants when offered: polling only,
+/// and only with the `root_poll` lever (it creates, renames and lists
+/// nothing the other extensions are for).
+pub fn root_grants(levers: &Levers) -> u64 {
+    if levers.root_poll {
+        super::poll::FUSE_HUTCH_POLL
+    } else {
+        0
+    }
+}
+
 /// `fuse_in_header` (40 bytes), then `fuse_init_in`: major, minor,
 /// max_readahead, flags (offset 52), then with INIT_EXT flags2 (offset 56).
 const INIT_IN_FLAGS: u64 = 52;
@@ -176,5 +187,13 @@ mod grant_tests {
             assert_eq!(workspace_grants(&off), PRIVATE & !flag, "-{name}");
         }
         assert_eq!(PRIVATE.count_ones(), 5);
+    }
+
+    #[test]
+    fn the_root_grants_polling_only_with_its_lever() {
+        assert_eq!(root_grants(&Levers::default()), 0);
+        let on = Levers::default().apply("+root_poll").unwrap();
+        assert_eq!(root_grants(&on), super::super::poll::FUSE_HUTCH_POLL);
+        assert_eq!(root_grants(&on) & !PRIVATE, 0, "a flag INIT knows");
     }
 }
