@@ -99,11 +99,27 @@ trap show_log_tail EXIT
 KMAKE=(make -C "$SRC" ARCH="$ARCH" KBUILD_BUILD_USER=hutch KBUILD_BUILD_HOST=hutch)
 [ -z "$CROSS_COMPILE" ] || KMAKE+=(CROSS_COMPILE="$CROSS_COMPILE")
 
+# The patch set (x86_64 only): a tree is reused only if it holds exactly
+# these patches, since patches that touch the same lines cannot be checked
+# one by one on a tree that already has later ones.
+patches=()
+if [ "$ARCH" = x86_64 ]; then
+    shopt -s nullglob
+    patches=("$PATCH_DIR"/*.patch)
+    shopt -u nullglob
+    [ ${#patches[@]} -gt 0 ] || fail "no patches found in $PATCH_DIR"
+    patch_set=$(cat "${patches[@]}" | sha256sum | cut -c1-16)
+else
+    patch_set=none
+fi
+PSTAMP="$SRC/.hutch-patched"
+
 # ---------------------------------------------------------------- 1. extract
 step "extract $(basename "$TARBALL") into $SRC"
 STAMP="$SRC/.hutch-extracted"
 tar_id="$TARBALL $(stat -c '%s %Y' "$TARBALL")"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$tar_id" ] && [ -f "$SRC/Makefile" ]; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$tar_id" ] && [ -f "$SRC/Makefile" ] \
+    && [ "$(cat "$PSTAMP" 2>/dev/null)" = "$patch_set" ]; then
     echo "      reusing existing extraction"
 else
     rm -rf "$SRC" "$WORK/extract.tmp"
@@ -130,10 +146,10 @@ echo "      kernel version $kver"
 # directory's permission attributes across entry changes) are x86-only for now.
 if [ "$ARCH" = x86_64 ]; then
 step "patch"
-shopt -s nullglob
-patches=("$PATCH_DIR"/*.patch)
-shopt -u nullglob
-[ ${#patches[@]} -gt 0 ] || fail "no patches found in $PATCH_DIR"
+if [ "$(cat "$PSTAMP" 2>/dev/null)" = "$patch_set" ]; then
+    echo "      reusing the tree patched with these ${#patches[@]} patches"
+    patches=()
+fi
 for p in "${patches[@]}"; do
     name=$(basename "$p")
     if patch -d "$SRC" -p1 -R -f -s --dry-run <"$p" >/dev/null 2>&1; then
@@ -153,6 +169,7 @@ grep -q '^	if (0)$' "$SRC/arch/x86/kernel/alternative.c" \
     && grep -A1 '^	if (0)$' "$SRC/arch/x86/kernel/alternative.c" | grep -q 'int3_selftest();' \
     || fail "int3_selftest() call in arch/x86/kernel/alternative.c is not disabled after patching"
 fi
+echo "$patch_set" >"$PSTAMP"
 
 # ---------------------------------------------------------------- configure
 step "configure: tinyconfig + $(basename "$FRAGMENT")"

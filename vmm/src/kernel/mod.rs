@@ -68,6 +68,12 @@ pub const RECIPE: &[(&str, &str)] = &[
         "patches/0010-fuse-callers-poll-for-answers.patch",
         include_str!("../../../guest/kernel/patches/0010-fuse-callers-poll-for-answers.patch"),
     ),
+    (
+        "patches/0011-fuse-writeback-cache-that-sees-host-changes.patch",
+        include_str!(
+            "../../../guest/kernel/patches/0011-fuse-writeback-cache-that-sees-host-changes.patch"
+        ),
+    ),
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[

@@ -27,6 +27,7 @@ use super::poll::{self, Drain};
 use super::private_init;
 use super::rename_report::{self, FUSE_HUTCH_RENAME_REPORT, FUSE_RENAME2};
 use super::stats::FsStats;
+use super::wb_coherent::{self, FUSE_HUTCH_WB_COHERENT};
 use super::xattr_hint::FUSE_HUTCH_NOXATTR;
 use super::{DirStreams, FsError, Levers, ShareConfig, SharePolicy};
 
@@ -449,17 +450,28 @@ impl FsDevice {
             .filter(|d| !d.is_write_only() && d.len() >= 8)
             .and_then(|d| mem.read_obj::<u32>(d.addr().unchecked_add(4)).ok())
             .unwrap_or(0);
+        // INIT: the private flags fuse-backend-rs would drop are granted after it answers,
+        // and the writeback cache only to a guest that sees host changes with it.
+        let offers = if opcode == FUSE_INIT && self.private_flags != 0 {
+            private_init::init_offers(mem, &chain)
+        } else {
+            0
+        };
+        if opcode == FUSE_INIT
+            && self.private_flags & FUSE_HUTCH_WB_COHERENT != 0
+            && wb_coherent::withhold_unless_coherent(mem, &chain, offers)
+        {
+            info!(
+                "virtio-fs share {:?}: no writeback cache: the guest kernel does not offer to see host changes with it",
+                self.tag
+            );
+        }
+        let grant = offers & self.private_flags;
         let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
             Ok(r) => r,
             Err(e) => return self.malformed(head, "its readable part", &e),
         };
         let bytes_in = reader.available_bytes();
-        // INIT: the private flags fuse-backend-rs would drop are granted after it answers.
-        let grant = if opcode == FUSE_INIT && self.private_flags != 0 {
-            private_init::init_offers(mem, &chain) & self.private_flags
-        } else {
-            0
-        };
         let init = (grant != 0).then(|| chain.clone());
         let reporting_rename = opcode == FUSE_RENAME2
             && self.private_flags & FUSE_HUTCH_RENAME_REPORT != 0

@@ -5,8 +5,9 @@
 //! the 64-bit INIT flags (`flags2`): one-request O_CREAT opens
 //! (create_lookup.rs), renames that report what they replaced
 //! (rename_report.rs), entries that say whether a file has xattrs
-//! (xattr_hint.rs), listings read 32 KiB at a time (big_readdir.rs) and
-//! callers that poll for their answers (poll.rs). fuse-backend-rs drops INIT flags it does not know, so
+//! (xattr_hint.rs), listings read 32 KiB at a time (big_readdir.rs),
+//! callers that poll for their answers (poll.rs) and a writeback cache that
+//! sees host changes (wb_coherent.rs). fuse-backend-rs drops INIT flags it does not know, so
 //! the device reads the offer from the request and writes the grant into
 //! the reply after the server has answered. The byte helpers also serve
 //! requests the device inspects before fuse-backend-rs parses them.
@@ -22,7 +23,7 @@ type LeverOn = fn(&Levers) -> bool;
 
 /// Every hutch-private INIT flag this server knows, with the workspace
 /// lever that grants it. A new extension adds one row here.
-const FLAGS: [(u64, LeverOn); 5] = [
+const FLAGS: [(u64, LeverOn); 6] = [
     (super::create_lookup::FUSE_HUTCH_CREATE_LOOKUP, |l| {
         l.create_lookup
     }),
@@ -34,6 +35,7 @@ const FLAGS: [(u64, LeverOn); 5] = [
         l.big_readdir
     }),
     (super::poll::FUSE_HUTCH_POLL, |l| l.guest_poll),
+    (super::wb_coherent::FUSE_HUTCH_WB_COHERENT, |l| l.writeback),
 ];
 
 /// The union of [`FLAGS`].
@@ -88,6 +90,16 @@ pub fn init_offers<M: GuestMemory>(mem: &M, chain: &DescriptorChain<&M>) -> u64 
     read_u32(mem, chain, false, INIT_IN_FLAGS2).map_or(0, |f2| u64::from(f2) << 32 & PRIVATE)
 }
 
+/// The INIT request's `flags` (the standard ones, low 32 bits).
+pub fn init_in_flags<M: GuestMemory>(mem: &M, chain: &DescriptorChain<&M>) -> Option<u32> {
+    read_u32(mem, chain, false, INIT_IN_FLAGS)
+}
+
+/// Rewrites the INIT request's `flags` before the server reads them.
+pub fn set_init_in_flags<M: GuestMemory>(mem: &M, chain: &DescriptorChain<&M>, flags: u32) -> bool {
+    write_u32(mem, chain, false, INIT_IN_FLAGS, flags)
+}
+
 /// Grants `bits` (of the private flags the guest offered) in a successful
 /// INIT reply of `written` bytes, with INIT_EXT so that the guest reads
 /// `flags2`. Returns whether it did.
@@ -109,10 +121,11 @@ pub fn grant<M: GuestMemory>(
     ) else {
         return false;
     };
-    write_u32(mem, chain, INIT_OUT_FLAGS, flags | INIT_EXT)
+    write_u32(mem, chain, true, INIT_OUT_FLAGS, flags | INIT_EXT)
         && write_u32(
             mem,
             chain,
+            true,
             INIT_OUT_FLAGS2,
             flags2 | ((bits & PRIVATE) >> 32) as u32,
         )
@@ -149,14 +162,17 @@ pub(super) fn read_u32<M: GuestMemory>(
     Some(u32::from_le_bytes(b))
 }
 
+/// Writes `value` at byte `offset` of the chain's readable (or writable) part.
 fn write_u32<M: GuestMemory>(
     mem: &M,
     chain: &DescriptorChain<&M>,
+    writable: bool,
     offset: u64,
     value: u32,
 ) -> bool {
     value.to_le_bytes().iter().enumerate().all(|(i, byte)| {
-        byte_addr(chain, true, offset + i as u64).is_some_and(|a| mem.write_obj(*byte, a).is_ok())
+        byte_addr(chain, writable, offset + i as u64)
+            .is_some_and(|a| mem.write_obj(*byte, a).is_ok())
     })
 }
 
@@ -182,11 +198,15 @@ mod grant_tests {
                 "big_readdir",
             ),
             (super::super::poll::FUSE_HUTCH_POLL, "guest_poll"),
+            (
+                super::super::wb_coherent::FUSE_HUTCH_WB_COHERENT,
+                "writeback",
+            ),
         ] {
             let off = Levers::default().apply(&format!("-{name}")).unwrap();
             assert_eq!(workspace_grants(&off), PRIVATE & !flag, "-{name}");
         }
-        assert_eq!(PRIVATE.count_ones(), 5);
+        assert_eq!(PRIVATE.count_ones(), 6);
     }
 
     #[test]

@@ -350,22 +350,30 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
-        if is_tmp(handle) || is_tmp(inode) {
-            return self.tmp.write(inode, handle, r, size, offset);
+        // The guest's writeback may send the file's mtime along (wb_coherent.rs).
+        let mtime = wb_coherent::carried_mtime(fuse_flags, lock_owner);
+        let lock_owner = if mtime.is_some() { None } else { lock_owner };
+        let written = if is_tmp(handle) || is_tmp(inode) {
+            self.tmp.write(inode, handle, r, size, offset)?
+        } else {
+            let host_handle = self.file_handle(ctx, inode, handle, Access::Write)?;
+            self.inner.write(
+                ctx,
+                inode,
+                host_handle,
+                r,
+                size,
+                offset,
+                lock_owner,
+                delayed_write,
+                self.request_flags(flags),
+                fuse_flags,
+            )?
+        };
+        if let Some(st) = mtime {
+            self.setattr(ctx, inode, st, Some(handle), SetattrValid::MTIME)?;
         }
-        let handle = self.file_handle(ctx, inode, handle, Access::Write)?;
-        self.inner.write(
-            ctx,
-            inode,
-            handle,
-            r,
-            size,
-            offset,
-            lock_owner,
-            delayed_write,
-            self.request_flags(flags),
-            fuse_flags,
-        )
+        Ok(written)
     }
 
     fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {

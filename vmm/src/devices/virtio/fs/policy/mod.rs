@@ -32,6 +32,7 @@ use super::levers::{Levers, SETTLED};
 use super::openfiles::{Access, OpenFiles, Released};
 use super::secrets::{file_id, FileId, MaskedFiles};
 use super::tmpfiles::{is_tmp, TmpFiles};
+use super::wb_coherent;
 use super::xattr_hint::{FUSE_ATTR_HUTCH_NO_XATTR, FUSE_ATTR_HUTCH_XATTR_KNOWN};
 
 mod filesystem;
