@@ -1,10 +1,14 @@
-//! The workspace's writeback cache (lever `writeback`, guest kernel patch
-//! 0011): small writes reach the host in a few large WRITEs at close, and a
-//! file the guest wrote still follows edits made on the host, which the
-//! upstream writeback cache misses (it trusts the guest's own size and
-//! mtime for good).
+//! The workspace's writeback cache (lever `writeback`, off by default; guest
+//! kernel patch 0011): with `+writeback`, small writes reach the host in a
+//! few large WRITEs at close, a write to a file kept open reaches it within
+//! the writeback bound, and a file the guest wrote still follows edits made
+//! on the host, which the upstream writeback cache misses (it trusts the
+//! guest's own size and mtime for good).
 
 use hutch_e2e::{per_engine, Engine};
+
+/// hutch's environment for a run with the writeback cache.
+const WRITEBACK: &[(&str, &str)] = &[("HUTCH_FS_LEVERS", "+writeback")];
 
 /// Unbuffered writes of 100 bytes each, then the file read back.
 const WRITES: usize = 2000;
@@ -33,7 +37,7 @@ per_engine!(small_writes_reach_the_host_in_few_writes, |e: Engine| {
     std::fs::write(ws.path().join("writes.py"), SCRIPT).unwrap();
     let want = expected(WRITES);
     let mut writes_seen = Vec::new();
-    for levers in ["", "-writeback"] {
+    for levers in ["+writeback", ""] {
         let case = format!("levers {levers:?}");
         let _ = std::fs::remove_file(ws.path().join("out"));
         let n = WRITES.to_string();
@@ -91,7 +95,7 @@ wait_for 2 SHORT
 wait_for 3 'a longer host version'
 echo appended >> g"
     );
-    let (h, mut child) = hutch_e2e::start_until_ready(e, ws.path(), &script);
+    let (h, mut child) = hutch_e2e::start_until_ready_with(e, ws.path(), &script, WRITEBACK);
     let g = ws.path().join("g");
     // Written back at close, before the guest said it was ready.
     assert_eq!(std::fs::read_to_string(&g).unwrap(), "written by the guest");
@@ -145,7 +149,7 @@ for _ in range(600):
 os.close(fd)
 print(open("/proc/sys/vm/dirty_expire_centisecs").read().strip())
 '"#;
-        let (h, mut child) = hutch_e2e::start_until_ready(e, ws.path(), script);
+        let (h, mut child) = hutch_e2e::start_until_ready_with(e, ws.path(), script, WRITEBACK);
         let started = std::time::Instant::now();
         let log = ws.path().join("log");
         let mut seen = None;

@@ -22,15 +22,17 @@ pub struct Levers {
     /// Answer a lookup miss with a negative entry the guest caches for the
     /// entry timeout, instead of ENOENT, which it does not cache.
     pub negative: bool,
-    /// FUSE WRITEBACK_CACHE, granted only with hutch's private
+    /// FUSE WRITEBACK_CACHE, **off**, granted only with hutch's private
     /// [`super::wb_coherent::FUSE_HUTCH_WB_COHERENT`] (guest kernel patch
     /// 0011): the guest buffers writes in its page cache and sends them in
-    /// large WRITEs at close, fsync or writeback, and trusts its own size
+    /// large WRITEs at close, fsync or after 1 s, and trusts its own size
     /// and mtime only while it holds changes the server has not seen, so a
     /// host edit still shows within [`Self::timeout`]. A cargo build sent
-    /// 2,000 requests instead of 13,900 (docs/fs-levers.md). Off: one
-    /// synchronous WRITE per `write()`, and the written file's pages
-    /// dropped when its new mtime comes back.
+    /// 1,800 requests instead of 13,900, but in the TCG guest it took as
+    /// long, and extracting small files took 1.3-1.7x as long (the
+    /// writeback machinery costs the guest more CPU than the polled
+    /// round trips it saves; docs/fs-levers.md). Off: one synchronous
+    /// WRITE per `write()`.
     pub writeback: bool,
     /// Entry and attribute timeout: how long a host change may stay unseen.
     pub timeout: Duration,
@@ -150,7 +152,7 @@ impl Default for Levers {
         Self {
             flush: false,
             negative: true,
-            writeback: true,
+            writeback: false,
             timeout: Duration::from_secs(5),
             irq_window: Some(Duration::ZERO),
             cache_dir: false,
@@ -252,12 +254,12 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         let d = Levers::default();
-        assert!(!d.flush && d.negative && d.writeback && !d.cache_dir && d.no_open);
+        assert!(!d.flush && d.negative && !d.writeback && !d.cache_dir && d.no_open);
         assert!(d.create_lookup);
         let l = d
-            .apply("+flush, -negative,-writeback,+irq_per_request,+cache_dir,-no_open,timeout=0.5")
+            .apply("+flush, -negative,+writeback,+irq_per_request,+cache_dir,-no_open,timeout=0.5")
             .unwrap();
-        assert!(l.flush && !l.negative && !l.writeback && l.cache_dir);
+        assert!(l.flush && !l.negative && l.writeback && l.cache_dir);
         assert_eq!(l.irq_window, Some(Duration::ZERO));
         assert_eq!(d.irq_window, Some(Duration::ZERO));
         let w = d.apply("irq_window=25").unwrap();

@@ -182,7 +182,13 @@ mod grant_tests {
 
     #[test]
     fn each_lever_grants_its_own_flag_only() {
-        assert_eq!(workspace_grants(&Levers::default()), PRIVATE);
+        let all = Levers::default().apply("+writeback").unwrap();
+        assert_eq!(workspace_grants(&all), PRIVATE);
+        assert_eq!(
+            workspace_grants(&Levers::default()),
+            PRIVATE & !super::super::wb_coherent::FUSE_HUTCH_WB_COHERENT,
+            "the writeback cache is off by default"
+        );
         for (flag, name) in [
             (
                 super::super::create_lookup::FUSE_HUTCH_CREATE_LOOKUP,
@@ -203,7 +209,7 @@ mod grant_tests {
                 "writeback",
             ),
         ] {
-            let off = Levers::default().apply(&format!("-{name}")).unwrap();
+            let off = all.apply(&format!("-{name}")).unwrap();
             assert_eq!(workspace_grants(&off), PRIVATE & !flag, "-{name}");
         }
         assert_eq!(PRIVATE.count_ones(), 6);
