@@ -25,11 +25,11 @@ pub const EXIT_HUTCH_ERROR: i32 = 125;
 const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Home directory inside the guest (a tmpfs).
 const GUEST_HOME: &str = "/root";
-/// Kernel command line shared by both engines. The workspace's writeback
-/// cache sends pages dirty for 1 s, looking every 1 s (the kernel's default
-/// is 30 s and 5 s), so a write to a file the guest keeps open reaches the
-/// host within about 2 s, and host edits to such a file are not hidden for
-/// longer than that.
+/// Kernel command line shared by both engines. The guest writes back pages
+/// dirty for 1 s, looking every 1 s (the kernel's defaults are 30 s and
+/// 5 s): with the workspace's writeback cache (`+writeback`, off by
+/// default) a write to a file the guest keeps open reaches the host within
+/// about 2 s, and host edits to such a file are not hidden for longer.
 pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 rdinit=/init \
     sysctl.vm.dirty_expire_centisecs=100 sysctl.vm.dirty_writeback_centisecs=100";
 

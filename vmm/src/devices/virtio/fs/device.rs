@@ -452,21 +452,19 @@ impl FsDevice {
             .unwrap_or(0);
         // INIT: the private flags fuse-backend-rs would drop are granted after it answers,
         // and the writeback cache only to a guest that sees host changes with it.
-        let offers = if opcode == FUSE_INIT && self.private_flags != 0 {
-            private_init::init_offers(mem, &chain)
-        } else {
-            0
-        };
-        if opcode == FUSE_INIT
-            && self.private_flags & FUSE_HUTCH_WB_COHERENT != 0
-            && wb_coherent::withhold_unless_coherent(mem, &chain, offers)
-        {
-            info!(
-                "virtio-fs share {:?}: no writeback cache: the guest kernel does not offer to see host changes with it",
-                self.tag
-            );
+        let mut grant = 0;
+        if opcode == FUSE_INIT && self.private_flags != 0 {
+            let offers = private_init::init_offers(mem, &chain);
+            grant = offers & self.private_flags;
+            if self.private_flags & FUSE_HUTCH_WB_COHERENT != 0
+                && wb_coherent::withhold_unless_coherent(mem, &chain, offers)
+            {
+                info!(
+                    "virtio-fs share {:?}: no writeback cache: the guest kernel does not offer to see host changes with it",
+                    self.tag
+                );
+            }
         }
-        let grant = offers & self.private_flags;
         let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
             Ok(r) => r,
             Err(e) => return self.malformed(head, "its readable part", &e),

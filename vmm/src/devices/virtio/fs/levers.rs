@@ -28,8 +28,9 @@ pub struct Levers {
     /// large WRITEs at close, fsync or after 1 s, and trusts its own size
     /// and mtime only while it holds changes the server has not seen, so a
     /// host edit still shows within [`Self::timeout`]. A cargo build sent
-    /// 1,800 requests instead of 13,900, but in the TCG guest it took as
-    /// long, and extracting small files took 1.3-1.7x as long (the
+    /// 1,800 requests instead of 13,900, but in the TCG guest builds took
+    /// 0.89-1.03x the default's time and extracting small files took
+    /// 1.13-1.27x as long (the
     /// writeback machinery costs the guest more CPU than the polled
     /// round trips it saves; docs/fs-levers.md). Off: one synchronous
     /// WRITE per `write()`.
