@@ -167,7 +167,9 @@ impl FsDevice {
             SharePolicy::Workspace => {
                 let fs = PolicyFs::passthrough(inner, true).with_levers(levers);
                 match DirStreams::new(&source) {
-                    Ok(dirs) => fs.with_dir_streams(dirs),
+                    Ok(dirs) => fs.with_dir_streams(
+                        dirs.with_prefetch(levers.dir_prefetch, levers.lookup_ahead),
+                    ),
                     Err(e) => {
                         warn!("virtio-fs share {tag:?}: READDIR stays on the slow path: {e}");
                         fs
@@ -376,6 +378,10 @@ impl FsDevice {
                         (untold, untold_since) = (false, None);
                     }
                 }
+                if !untold {
+                    // The guest has the answer: read on in its listing meanwhile.
+                    self.stats.ahead(self.fs.read_ahead(true));
+                }
             }
             used_any |= used_now;
             if !queue.event_idx_enabled() {
@@ -387,6 +393,7 @@ impl FsDevice {
                     if untold {
                         notify_now(queue, signal)?;
                         (untold, untold_since) = (false, None);
+                        self.stats.ahead(self.fs.read_ahead(true));
                     }
                     let more = poll::wait_for_avail(mem, queue, drain.poll)
                         .map_err(|e| queue_err("watching the avail ring", e))?;
@@ -411,9 +418,12 @@ impl FsDevice {
         if let Some(signal) = drain.signal.as_mut() {
             if untold {
                 notify_now(queue, signal)?;
+                self.stats.ahead(self.fs.read_ahead(true));
             }
             return Ok(false);
         }
+        // The caller interrupts after we return: no reading ahead before that.
+        let _ = self.fs.read_ahead(false);
         let notify = queue
             .needs_notification(mem)
             .map_err(|e| queue_err("checking whether to notify", e))?;

@@ -20,17 +20,19 @@
 //! outside the share) leaves the handle on PassthroughFs's slower path.
 
 use std::collections::HashMap;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use fuse_backend_rs::api::filesystem::DirEntry;
 use fuse_backend_rs::passthrough::PassthroughFs;
+
+use super::dir_stream::{AddEntry, LookUp, Stream};
 
 /// A file system that can name an inode's current host path.
 pub trait HostPath {
@@ -51,6 +53,14 @@ pub struct DirStreams {
     root: OwnedFd,
     root_path: PathBuf,
     open: Mutex<HashMap<u64, Arc<Mutex<Stream>>>>,
+    /// Read ahead in big listings (lever `dir_prefetch`, dir_stream.rs).
+    prefetch: bool,
+    /// And look names up ahead for READDIRPLUS (lever `lookup_ahead`).
+    look_ahead: bool,
+    /// Streams that asked to read ahead once the answer is out.
+    wanting: Mutex<Vec<Arc<Mutex<Stream>>>>,
+    /// Whether `wanting` may be non-empty (so a request need not lock it).
+    any_wanting: AtomicBool,
 }
 
 impl DirStreams {
@@ -69,18 +79,64 @@ impl DirStreams {
             root: unsafe { OwnedFd::from_raw_fd(fd) },
             root_path,
             open: Mutex::default(),
+            prefetch: false,
+            look_ahead: false,
+            wanting: Mutex::default(),
+            any_wanting: AtomicBool::new(false),
         })
+    }
+
+    /// Reads ahead in big listings (dir_stream.rs) when `on`, and looks
+    /// names up ahead for READDIRPLUS too when `look_ahead`; the device
+    /// then calls [`DirStreams::read_ahead`] after each answer.
+    pub fn with_prefetch(mut self, on: bool, look_ahead: bool) -> Self {
+        self.prefetch = on;
+        self.look_ahead = on && look_ahead;
+        self
+    }
+
+    /// Reads the next batch of, and looks names up ahead in, each listing
+    /// that asked for it since the last call (dir_stream.rs); with `run`
+    /// false only forgets the asking. For the worker, once its answers are
+    /// out: the guest is busy with the last chunk meanwhile. `forget` gives
+    /// back entries looked up ahead that went stale. Returns the batches
+    /// read and the names looked up.
+    pub fn read_ahead(
+        &self,
+        run: bool,
+        look_up: &mut LookUp<'_>,
+        forget: &mut dyn FnMut(u64),
+    ) -> (u64, u64) {
+        let (mut batches, mut names) = (0, 0);
+        if !self.any_wanting.swap(false, Ordering::Acquire) {
+            return (batches, names);
+        }
+        let wanting = std::mem::take(&mut *self.wanting.lock().unwrap_or_else(|p| p.into_inner()));
+        for stream in wanting.into_iter().filter(|_| run) {
+            let mut stream = stream.lock().unwrap_or_else(|p| p.into_inner());
+            let mut counted = |dir: u64, fd: BorrowedFd<'_>, name: &[u8]| {
+                let entry = look_up(dir, fd, name);
+                names += u64::from(entry.is_some());
+                entry
+            };
+            // An error is met again, and answered, by the next READDIR.
+            batches += u64::from(stream.read_ahead(&mut counted));
+            stream.orphans.drain(..).for_each(&mut *forget);
+        }
+        (batches, names)
     }
 
     /// Opens a descriptor for `handle`, the guest's open of the directory at
     /// `host_path` whose identity is `(dev, ino)`. Returns whether READDIR on
     /// the handle now takes the fast path.
-    pub fn open(&self, handle: u64, host_path: &Path, id: (u64, u64)) -> bool {
+    pub fn open(&self, handle: u64, inode: u64, host_path: &Path, id: (u64, u64)) -> bool {
         let Some(file) = self.dir(host_path, id) else {
             return false;
         };
-        self.lock()
-            .insert(handle, Arc::new(Mutex::new(Stream::new(file))));
+        self.lock().insert(
+            handle,
+            Arc::new(Mutex::new(Stream::new(file, inode, self.look_ahead))),
+        );
         true
     }
 
@@ -96,9 +152,13 @@ impl DirStreams {
         }
     }
 
-    /// Forgets `handle` (RELEASEDIR).
-    pub fn close(&self, handle: u64) {
-        self.lock().remove(&handle);
+    /// Forgets `handle` (RELEASEDIR), and through `forget` the entries
+    /// looked up ahead that its listing never sent.
+    pub fn close(&self, handle: u64, forget: &mut dyn FnMut(u64)) {
+        if let Some(stream) = self.lock().remove(&handle) {
+            let orphans = stream.lock().unwrap_or_else(|p| p.into_inner()).close();
+            orphans.into_iter().for_each(forget);
+        }
     }
 
     /// How many handles take the fast path (for tests).
@@ -107,18 +167,33 @@ impl DirStreams {
         self.lock().len()
     }
 
-    /// Answers READDIR on `handle` from `offset`, or `None` when the handle
-    /// has no descriptor of ours.
+    /// Answers READDIR (READDIRPLUS if `plus`) on `handle` from `offset`,
+    /// or `None` when the handle has no descriptor of ours. `add_entry` gets
+    /// each name with its directory and the entry looked up ahead for it, if
+    /// any (dir_stream.rs); `forget` gives back entries looked up ahead that
+    /// no request will send.
     pub fn read(
         &self,
         handle: u64,
         size: u32,
         offset: u64,
-        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+        plus: bool,
+        add_entry: &mut AddEntry<'_>,
+        forget: &mut dyn FnMut(u64),
     ) -> Option<io::Result<()>> {
         let dir = self.lock().get(&handle).cloned()?;
         let mut stream = dir.lock().unwrap_or_else(|p| p.into_inner());
-        Some(stream.read(size, offset, add_entry))
+        let res = stream.read(size, offset, plus, add_entry);
+        stream.orphans.drain(..).for_each(&mut *forget);
+        if self.prefetch && stream.wants_ahead() {
+            drop(stream);
+            self.wanting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(dir);
+            self.any_wanting.store(true, Ordering::Release);
+        }
+        Some(res)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Mutex<Stream>>>> {
@@ -154,129 +229,5 @@ impl DirStreams {
         }
         // SAFETY: `fd` was just opened and is owned by nothing else.
         Some(unsafe { File::from_raw_fd(fd as i32) })
-    }
-}
-
-/// Header of a `linux_dirent64` before its name.
-const DIRENT_HEADER: usize = 19;
-
-/// How much one `getdents64` reads: several READDIR replies' worth.
-const BATCH: usize = 32 * 1024;
-
-/// One open directory and the entries read from it but not yet sent.
-///
-/// A READDIR reply (4 KiB) holds fewer entries than a `getdents64` returns,
-/// so the next request starts in the middle of what was read. Seeking back
-/// there makes ext4 rebuild its hash-order cursor for the directory, which
-/// cost more than the read; serving the rest from this buffer when the guest
-/// asks for exactly the next offset avoids both the seek and the read.
-#[derive(Debug)]
-struct Stream {
-    file: File,
-    buf: Vec<u8>,
-    /// Start of the first unsent entry in `buf`.
-    at: usize,
-    /// The directory offset that entry sits at (what the guest asks for next).
-    next_off: u64,
-}
-
-impl Stream {
-    fn new(file: File) -> Self {
-        Self {
-            file,
-            buf: Vec::new(),
-            at: 0,
-            next_off: 0,
-        }
-    }
-
-    /// Reads the next batch from the file's position; false at the end.
-    fn fill(&mut self) -> io::Result<bool> {
-        self.buf.resize(BATCH, 0);
-        // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_getdents64,
-                self.file.as_raw_fd(),
-                self.buf.as_mut_ptr(),
-                self.buf.len(),
-            )
-        };
-        if n < 0 {
-            self.buf.clear();
-            // The file position is unknown now: the next read seeks.
-            self.next_off = u64::MAX;
-            return Err(io::Error::last_os_error());
-        }
-        self.buf.truncate(n as usize);
-        self.at = 0;
-        Ok(n > 0)
-    }
-
-    /// Entries from directory offset `offset` until `add_entry` is full.
-    fn read(
-        &mut self,
-        size: u32,
-        offset: u64,
-        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
-    ) -> io::Result<()> {
-        if size == 0 {
-            return Ok(());
-        }
-        if offset != self.next_off || self.at >= self.buf.len() {
-            if offset != self.next_off {
-                // SAFETY: plain lseek on our own descriptor; checked.
-                let r = unsafe {
-                    libc::lseek64(
-                        self.file.as_raw_fd(),
-                        offset as libc::off64_t,
-                        libc::SEEK_SET,
-                    )
-                };
-                if r < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                self.next_off = offset;
-            }
-            if !self.fill()? {
-                return Ok(());
-            }
-        }
-        let mut added = 0;
-        loop {
-            if self.at >= self.buf.len() && !self.fill()? {
-                return Ok(());
-            }
-            let rest = &self.buf[self.at..];
-            if rest.len() < DIRENT_HEADER {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-            let ino = u64::from_ne_bytes(rest[0..8].try_into().unwrap_or_default());
-            let off = u64::from_ne_bytes(rest[8..16].try_into().unwrap_or_default());
-            let reclen = u16::from_ne_bytes([rest[16], rest[17]]) as usize;
-            let type_ = rest[18];
-            if reclen < DIRENT_HEADER || reclen > rest.len() {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-            let name = CStr::from_bytes_until_nul(&rest[DIRENT_HEADER..reclen])
-                .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?
-                .to_bytes();
-            // "." and ".." too, as the host lists them (READDIRPLUS on the
-            // workspace reads this same stream: one listing for both).
-            let entry = DirEntry {
-                ino,
-                offset: off,
-                type_: u32::from(type_),
-                name,
-            };
-            match add_entry(entry) {
-                Ok(0) => return Ok(()),
-                Ok(_) => added += 1,
-                Err(e) if added == 0 => return Err(e),
-                Err(_) => return Ok(()),
-            }
-            self.at += reclen;
-            self.next_off = off;
-        }
     }
 }

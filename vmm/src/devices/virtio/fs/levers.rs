@@ -114,6 +114,15 @@ pub struct Levers {
     /// poll for their READs instead of waiting for an interrupt. The only
     /// lever the root share reads.
     pub root_poll: bool,
+    /// Read ahead in big listings (dir_stream.rs): once a listing has shown
+    /// itself big, the worker reads the next `getdents64` batch after it has
+    /// answered, while the guest parses the chunk, instead of when the next
+    /// READDIR comes.
+    pub dir_prefetch: bool,
+    /// With `dir_prefetch`: in a big READDIRPLUS listing the worker also
+    /// looks up as many of the unsent names as the last answer held, after
+    /// answering (dir_stream.rs).
+    pub lookup_ahead: bool,
 }
 
 /// How long a directory's mtime must be in the past before its listing may
@@ -169,6 +178,8 @@ impl Default for Levers {
             parallel_dirops: true,
             queue: DEFAULT_QUEUE,
             root_poll: false,
+            dir_prefetch: true,
+            lookup_ahead: true,
         }
     }
 }
@@ -234,12 +245,14 @@ impl Levers {
                 "async_read" => self.async_read = on,
                 "parallel_dirops" => self.parallel_dirops = on,
                 "root_poll" => self.root_poll = on,
+                "dir_prefetch" => self.dir_prefetch = on,
+                "lookup_ahead" => self.lookup_ahead = on,
                 _ => {
                     return Err(bad(
                         "levers are flush, negative, writeback, irq_per_request, cache_dir, \
                          no_open, create_lookup, rename_report, xattr_hint, big_readdir, \
-                         guest_poll, forget_batch, async_read, parallel_dirops, root_poll, timeout=S, \
-                         poll=US, irq_window=US|batch, queue=N",
+                         guest_poll, forget_batch, async_read, parallel_dirops, root_poll, dir_prefetch, \
+                         lookup_ahead, timeout=S, poll=US, irq_window=US|batch, queue=N",
                     ))
                 }
             }
@@ -288,6 +301,8 @@ mod tests {
         assert!(d.parallel_dirops && !d.apply("-parallel_dirops").unwrap().parallel_dirops);
         assert_eq!(d.queue, 128);
         assert!(!d.root_poll && d.apply("+root_poll").unwrap().root_poll);
+        assert!(d.dir_prefetch && !d.apply("-dir_prefetch").unwrap().dir_prefetch);
+        assert!(d.lookup_ahead && !d.apply("-lookup_ahead").unwrap().lookup_ahead);
         assert_eq!(d.apply("queue=1024").unwrap().queue, 1024);
         assert_eq!(d.apply("queue=16").unwrap().queue, 16);
         assert_eq!(d.apply("").unwrap(), d);

@@ -20,6 +20,10 @@ pub struct FsStats {
     interrupts: AtomicU64,
     /// Batches that began without a kick: the worker saw them while polling.
     polled: AtomicU64,
+    /// Listing batches read ahead (dir_stream.rs).
+    read_ahead: AtomicU64,
+    /// Names looked up ahead for READDIRPLUS.
+    looked_up_ahead: AtomicU64,
     service_us: [AtomicU64; BUCKETS],
 }
 
@@ -32,6 +36,8 @@ impl Default for FsStats {
             notifications: AtomicU64::new(0),
             interrupts: AtomicU64::new(0),
             polled: AtomicU64::new(0),
+            read_ahead: AtomicU64::new(0),
+            looked_up_ahead: AtomicU64::new(0),
             service_us: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -121,6 +127,22 @@ impl FsStats {
         self.polled.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts listing batches read and names looked up ahead.
+    pub fn ahead(&self, (batches, names): (u64, u64)) {
+        if batches + names > 0 {
+            self.read_ahead.fetch_add(batches, Ordering::Relaxed);
+            self.looked_up_ahead.fetch_add(names, Ordering::Relaxed);
+        }
+    }
+
+    /// Listing batches read and names looked up ahead.
+    pub fn ahead_counts(&self) -> (u64, u64) {
+        (
+            self.read_ahead.load(Ordering::Relaxed),
+            self.looked_up_ahead.load(Ordering::Relaxed),
+        )
+    }
+
     /// Batches found by polling.
     pub fn polled_batches(&self) -> u64 {
         self.polled.load(Ordering::Relaxed)
@@ -169,6 +191,13 @@ impl FsStats {
             }
         }
         s.push('\n');
+        let (batches, names) = self.ahead_counts();
+        if batches + names > 0 {
+            let _ = writeln!(
+                s,
+                "  read ahead: {batches} listing batches, {names} names looked up"
+            );
+        }
         s
     }
 }

@@ -43,7 +43,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         let Some(r) = &self.restrict else {
             return match self.inner.lookup(ctx, parent, name) {
-                Ok(entry) => Ok(self.xattr_hint(ctx, entry)),
+                Ok(entry) => Ok(self.xattr_hint(ctx, entry, None)),
                 Err(e) if self.levers.negative && e.raw_os_error() == Some(libc::ENOENT) => {
                     Ok(negative_entry_for(self.levers.timeout))
                 }
@@ -308,11 +308,11 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
                     }
                     // Removed in between: create it as asked.
                 }
-                other => return other.map(|(e, h, o, p)| (self.xattr_hint(ctx, e), h, o, p)),
+                other => return other.map(|(e, h, o, p)| (self.xattr_hint(ctx, e, None), h, o, p)),
             }
         }
         self.create_file(ctx, parent, name, args)
-            .map(|(e, h, o, p)| (self.xattr_hint(ctx, e), h, o, p))
+            .map(|(e, h, o, p)| (self.xattr_hint(ctx, e, None), h, o, p))
     }
 
     fn read(
@@ -525,7 +525,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         let st = self.inner.getattr(ctx, inode, None).map(|(st, _)| st);
         if let (Some(dirs), Some(h), Ok(st)) = (&self.dirs, handle, &st) {
             if let Ok(path) = self.inner.host_path(inode) {
-                dirs.open(h, &path, (st.st_dev, st.st_ino));
+                dirs.open(h, inode, &path, (st.st_dev, st.st_ino));
             }
         }
         if self.levers.cache_dir && st.is_ok_and(|st| settled(&st)) {
@@ -544,11 +544,22 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
         let Some(r) = &self.restrict else {
-            if let Some(done) = self
-                .dirs
-                .as_ref()
-                .and_then(|d| d.read(handle, size, offset, add_entry))
-            {
+            if let Some(done) = self.dirs.as_ref().and_then(|d| {
+                d.read(
+                    handle,
+                    size,
+                    offset,
+                    false,
+                    &mut |dirent, _, ahead| {
+                        // Looked up for a READDIRPLUS that did not come.
+                        if let Some(e) = ahead {
+                            self.inner.forget(ctx, e.inode, 1);
+                        }
+                        add_entry(dirent)
+                    },
+                    &mut |ino| self.inner.forget(ctx, ino, 1),
+                )
+            }) {
                 return done;
             }
             return self
@@ -592,9 +603,16 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
     ) -> io::Result<()> {
         let Some(r) = &self.restrict else {
             if let Some(done) = self.dirs.as_ref().and_then(|d| {
-                d.read(handle, size, offset, &mut |dirent| {
-                    self.plus_entry(ctx, inode, dirent, add_entry)
-                })
+                d.read(
+                    handle,
+                    size,
+                    offset,
+                    true,
+                    &mut |dirent, dir_fd, ahead| {
+                        self.plus_entry(ctx, inode, dirent, dir_fd, ahead, add_entry)
+                    },
+                    &mut |ino| self.inner.forget(ctx, ino, 1),
+                )
             }) {
                 return done;
             }
@@ -644,7 +662,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
         if let Some(dirs) = &self.dirs {
-            dirs.close(handle);
+            dirs.close(handle, &mut |ino| self.inner.forget(ctx, ino, 1));
         }
         self.inner.releasedir(ctx, inode, flags, handle)
     }

@@ -10,6 +10,7 @@
 use std::ffi::CStr;
 use std::fs;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +34,7 @@ use super::openfiles::{Access, OpenFiles, Released};
 use super::secrets::{file_id, FileId, MaskedFiles};
 use super::tmpfiles::{is_tmp, TmpFiles};
 use super::wb_coherent;
-use super::xattr_hint::{FUSE_ATTR_HUTCH_NO_XATTR, FUSE_ATTR_HUTCH_XATTR_KNOWN};
+use super::xattr_hint::{self, FUSE_ATTR_HUTCH_NO_XATTR, FUSE_ATTR_HUTCH_XATTR_KNOWN};
 
 mod filesystem;
 
@@ -259,6 +260,36 @@ impl<F> PolicyFs<F> {
 }
 
 impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
+    /// Reads ahead in the big listings that asked for it (dir_stream.rs);
+    /// for a worker whose answers are out. `run` false drops the requests
+    /// instead: a worker that cannot tell the guest first reads no further.
+    /// Returns the batches read and the names looked up.
+    pub fn read_ahead(&self, run: bool) -> (u64, u64) {
+        let Some(dirs) = &self.dirs else {
+            return (0, 0);
+        };
+        let ctx = Context::new();
+        dirs.read_ahead(
+            run,
+            &mut |dir, dir_fd, name| self.look_up_ahead(&ctx, dir, dir_fd, name),
+            &mut |ino| self.inner.forget(&ctx, ino, 1),
+        )
+    }
+
+    /// A READDIRPLUS entry for `name` in `dir` looked up before the request
+    /// that sends it (dir_stream.rs), or `None` to leave it to the request.
+    fn look_up_ahead(
+        &self,
+        ctx: &Context,
+        dir: u64,
+        dir_fd: BorrowedFd<'_>,
+        name: &[u8],
+    ) -> Option<Entry> {
+        let name = std::ffi::CString::new(name).ok()?;
+        let entry = self.inner.lookup(ctx, dir, &name).ok()?;
+        Some(self.xattr_hint(ctx, entry, Some((dir_fd, &name))))
+    }
+
     /// Fails with EBADF for inodes the guest was never given (restricted view only).
     fn check(&self, inode: u64) -> io::Result<()> {
         match &self.restrict {
@@ -459,8 +490,15 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
 
     /// `entry` with its attribute flags saying whether the host file has
     /// any extended attribute, once granted (xattr_hint.rs). Not for
-    /// symlinks, which the host call would follow.
-    fn xattr_hint(&self, ctx: &Context, mut entry: Entry) -> Entry {
+    /// symlinks, which the host call would follow. `at` is the entry's
+    /// directory and name where the caller holds them (a READDIRPLUS
+    /// listing): one `listxattrat` then, instead of a walk through procfs.
+    fn xattr_hint(
+        &self,
+        ctx: &Context,
+        mut entry: Entry,
+        at: Option<(BorrowedFd<'_>, &CStr)>,
+    ) -> Entry {
         if entry.inode == 0
             || is_tmp(entry.inode)
             || entry.attr.st_mode & libc::S_IFMT == libc::S_IFLNK
@@ -468,12 +506,18 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
         {
             return entry;
         }
-        match self.inner.listxattr(ctx, entry.inode, 0) {
-            Ok(ListxattrReply::Count(0)) => {
-                entry.attr_flags |= FUSE_ATTR_HUTCH_XATTR_KNOWN | FUSE_ATTR_HUTCH_NO_XATTR;
-            }
-            Ok(ListxattrReply::Count(_)) => entry.attr_flags |= FUSE_ATTR_HUTCH_XATTR_KNOWN,
-            _ => {}
+        let len = match at.and_then(|(dir, name)| xattr_hint::names_len_at(dir, name)) {
+            Some(len) => len,
+            None => match self.inner.listxattr(ctx, entry.inode, 0) {
+                Ok(ListxattrReply::Count(n)) => Ok(n as usize),
+                Ok(_) => return entry,
+                Err(e) => Err(e),
+            },
+        };
+        match len {
+            Ok(0) => entry.attr_flags |= FUSE_ATTR_HUTCH_XATTR_KNOWN | FUSE_ATTR_HUTCH_NO_XATTR,
+            Ok(_) => entry.attr_flags |= FUSE_ATTR_HUTCH_XATTR_KNOWN,
+            Err(_) => {}
         }
         entry
     }
@@ -487,6 +531,8 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
         ctx: &Context,
         dir: u64,
         dirent: DirEntry,
+        dir_fd: BorrowedFd<'_>,
+        ahead: Option<Entry>,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<usize> {
         if dirent.name == b"." || dirent.name == b".." {
@@ -495,14 +541,19 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
             entry.attr.st_mode = libc::S_IFDIR;
             return add_entry(dirent, entry);
         }
-        let name = std::ffi::CString::new(dirent.name).map_err(|_| err(libc::EIO))?;
-        let entry = match self.inner.lookup(ctx, dir, &name) {
-            Ok(entry) => entry,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(1),
-            Err(e) => return Err(e),
+        let entry = match ahead {
+            Some(entry) => entry,
+            None => {
+                let name = std::ffi::CString::new(dirent.name).map_err(|_| err(libc::EIO))?;
+                match self.inner.lookup(ctx, dir, &name) {
+                    Ok(entry) => self.xattr_hint(ctx, entry, Some((dir_fd, &name))),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(1),
+                    Err(e) => return Err(e),
+                }
+            }
         };
         let ino = entry.inode;
-        let res = add_entry(dirent, self.xattr_hint(ctx, entry));
+        let res = add_entry(dirent, entry);
         // Not sent (the reply is full) or failed: the guest never got it.
         if !matches!(res, Ok(n) if n > 0) {
             self.inner.forget(ctx, ino, 1);
