@@ -17,19 +17,14 @@ use fuse_backend_rs::abi::fuse_abi::FsOptions;
 use fuse_backend_rs::api::filesystem::{
     Context, Entry, FileSystem, ListxattrReply, OpenOptions, ROOT_ID,
 };
-use fuse_backend_rs::passthrough::{Config, PassthroughFs};
+use fuse_backend_rs::passthrough::PassthroughFs;
 
 use crate::devices::virtio::fs::{DirStreams, HostPath, PolicyFs};
 
 type Fs = PolicyFs<PassthroughFs>;
 
 fn workspace(root: &Path, prefetch: bool) -> Fs {
-    let inner = PassthroughFs::new(Config {
-        root_dir: root.to_str().unwrap().to_owned(),
-        do_import: true,
-        ..Default::default()
-    })
-    .unwrap();
+    let inner = super::passthrough(root);
     let dirs = DirStreams::new(root).unwrap().with_prefetch(prefetch, true);
     let fs = PolicyFs::passthrough(inner, true).with_dir_streams(dirs);
     fs.init(FsOptions::empty()).unwrap();
@@ -307,13 +302,7 @@ fn list_plus(
 fn readdirplus_entries_looked_up_ahead_are_the_names_own_and_all_given_back() {
     let dir = tempfile::tempdir().unwrap();
     big_dir(dir.path(), 3000);
-    let inner = PassthroughFs::new(Config {
-        root_dir: dir.path().to_str().unwrap().to_owned(),
-        do_import: true,
-        xattr: true,
-        ..Default::default()
-    })
-    .unwrap();
+    let inner = super::passthrough(dir.path());
     let counting = Counting {
         inner,
         held: Mutex::default(),

@@ -7,19 +7,14 @@ use std::path::Path;
 
 use fuse_backend_rs::abi::fuse_abi::FsOptions;
 use fuse_backend_rs::api::filesystem::{Context, FileSystem, ROOT_ID};
-use fuse_backend_rs::passthrough::{Config, PassthroughFs};
+use fuse_backend_rs::passthrough::PassthroughFs;
 
 use crate::devices::virtio::fs::{DirStreams, PolicyFs};
 
 type Fs = PolicyFs<PassthroughFs>;
 
 fn workspace(root: &Path, fast: bool) -> Fs {
-    let inner = PassthroughFs::new(Config {
-        root_dir: root.to_str().unwrap().to_owned(),
-        do_import: true,
-        ..Default::default()
-    })
-    .unwrap();
+    let inner = super::passthrough(root);
     let mut fs = PolicyFs::passthrough(inner, true);
     if fast {
         fs = fs.with_dir_streams(DirStreams::new(root).unwrap());

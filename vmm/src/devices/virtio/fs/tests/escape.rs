@@ -10,7 +10,7 @@ use std::os::unix::fs::{symlink, MetadataExt};
 
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions};
 use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, GetxattrReply, ROOT_ID};
-use fuse_backend_rs::passthrough::{Config, PassthroughFs};
+use fuse_backend_rs::passthrough::PassthroughFs;
 
 use crate::devices::virtio::fs::PolicyFs;
 
@@ -40,13 +40,7 @@ impl Layout {
     }
 
     fn fs(&self) -> Fs {
-        let inner = PassthroughFs::new(Config {
-            root_dir: self.ws().to_str().unwrap().to_owned(),
-            xattr: true,
-            do_import: true,
-            ..Default::default()
-        })
-        .unwrap();
+        let inner = super::passthrough(&self.ws());
         let fs = PolicyFs::passthrough(inner, true);
         fs.init(FsOptions::empty()).unwrap();
         fs

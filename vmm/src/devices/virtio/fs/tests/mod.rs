@@ -15,3 +15,15 @@ mod rename_report;
 mod tmpfile;
 mod vhost_user;
 mod xattr_hint;
+
+/// PassthroughFs over `root`, xattrs on, as the workspace and the root
+/// share build it (the policy layered above is each test's own).
+fn passthrough(root: &std::path::Path) -> fuse_backend_rs::passthrough::PassthroughFs {
+    fuse_backend_rs::passthrough::PassthroughFs::new(fuse_backend_rs::passthrough::Config {
+        root_dir: root.to_str().unwrap().to_owned(),
+        xattr: true,
+        do_import: true,
+        ..Default::default()
+    })
+    .unwrap()
+}

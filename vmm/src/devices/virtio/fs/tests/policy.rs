@@ -9,8 +9,9 @@ use std::path::Path;
 use fuse_backend_rs::abi::fuse_abi::{stat64, CreateIn, FsOptions, SetattrValid};
 use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, ZeroCopyReader, ROOT_ID};
 use fuse_backend_rs::file_traits::FileReadWriteVolatile;
-use fuse_backend_rs::passthrough::{Config, PassthroughFs};
+use fuse_backend_rs::passthrough::PassthroughFs;
 
+use super::passthrough;
 use crate::devices::virtio::fs::{Levers, PolicyFs};
 
 type Fs = PolicyFs<PassthroughFs>;
@@ -45,16 +46,6 @@ fn host_root() -> tempfile::TempDir {
     fs::write(p.join("home/user/.ssh/id"), b"PRIVATE").unwrap();
     symlink("usr/lib", p.join("lib")).unwrap();
     dir
-}
-
-fn passthrough(root: &Path) -> PassthroughFs {
-    PassthroughFs::new(Config {
-        root_dir: root.to_str().unwrap().to_owned(),
-        xattr: true,
-        do_import: true,
-        ..Default::default()
-    })
-    .unwrap()
 }
 
 fn system_root(root: &Path) -> Fs {

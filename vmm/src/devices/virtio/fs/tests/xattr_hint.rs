@@ -10,7 +10,6 @@ use std::path::Path;
 
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, EntryOut, FsOptions, Opcode, OutHeader, ROOT_ID};
 use fuse_backend_rs::api::filesystem::{Context, FileSystem};
-use fuse_backend_rs::passthrough::{Config, PassthroughFs};
 
 use super::fuse_driver::{exchange, guest_memory, init_ext, share as device, Driver, Pending};
 use crate::devices::virtio::fs::xattr_hint::{
@@ -99,13 +98,7 @@ fn lookups_say_whether_a_file_has_xattrs_once_granted() {
 fn readdirplus_and_create_entries_are_marked_too() {
     let dir = tempfile::tempdir().unwrap();
     fixture(dir.path());
-    let inner = PassthroughFs::new(Config {
-        root_dir: dir.path().to_str().unwrap().to_owned(),
-        do_import: true,
-        xattr: true,
-        ..Default::default()
-    })
-    .unwrap();
+    let inner = super::passthrough(dir.path());
     let fs =
         PolicyFs::passthrough(inner, true).with_dir_streams(DirStreams::new(dir.path()).unwrap());
     fs.init(FsOptions::empty()).unwrap();
