@@ -22,6 +22,7 @@ use vm_memory::{Address, Bytes, GuestMemory};
 
 use super::config::{config_space, validate_tag, CONFIG_SPACE_LEN};
 use super::create_lookup::FUSE_HUTCH_CREATE_LOOKUP;
+use super::dir_reply::{self, FUSE_READDIR, FUSE_READDIRPLUS};
 use super::policy::PolicyFs;
 use super::poll::{self, Drain};
 use super::private_init;
@@ -62,6 +63,8 @@ pub struct FsDevice {
     poll: Duration,
     /// Whether a vhost-user worker batches FORGETs (forget_batch.rs; a lever).
     forget_batch: bool,
+    /// Listings answered from one buffer (dir_reply.rs; a lever).
+    flat_readdir: bool,
     /// The hutch-private INIT flags this share may grant: one-request O_CREAT
     /// opens (create_lookup.rs), renames that report what they replaced
     /// (rename_report.rs).
@@ -207,6 +210,7 @@ impl FsDevice {
                 Duration::ZERO
             },
             forget_batch: workspace && levers.forget_batch,
+            flat_readdir: workspace && levers.flat_readdir,
             private_flags: match policy {
                 SharePolicy::Workspace => private_init::workspace_grants(&levers),
                 SharePolicy::SystemRoot => private_init::root_grants(&levers),
@@ -492,6 +496,8 @@ impl FsDevice {
             self.tmpfile(reader, writer)
         } else if reporting_rename {
             rename_report::serve(&self.fs, reader, writer)
+        } else if self.flat_readdir && (opcode == FUSE_READDIR || opcode == FUSE_READDIRPLUS) {
+            dir_reply::serve(&*self.fs, opcode == FUSE_READDIRPLUS, reader, writer)
         } else {
             self.server
                 .handle_message(reader, writer.into(), None, None)

@@ -123,6 +123,10 @@ pub struct Levers {
     /// looks up as many of the unsent names as the last answer held, after
     /// answering (dir_stream.rs).
     pub lookup_ahead: bool,
+    /// READDIR and READDIRPLUS answers laid out in a local buffer and
+    /// copied into the guest's in one write, instead of fuse-backend-rs's
+    /// few small writes per entry (dir_reply.rs).
+    pub flat_readdir: bool,
 }
 
 /// How long a directory's mtime must be in the past before its listing may
@@ -180,6 +184,7 @@ impl Default for Levers {
             root_poll: false,
             dir_prefetch: true,
             lookup_ahead: true,
+            flat_readdir: true,
         }
     }
 }
@@ -247,12 +252,13 @@ impl Levers {
                 "root_poll" => self.root_poll = on,
                 "dir_prefetch" => self.dir_prefetch = on,
                 "lookup_ahead" => self.lookup_ahead = on,
+                "flat_readdir" => self.flat_readdir = on,
                 _ => {
                     return Err(bad(
                         "levers are flush, negative, writeback, irq_per_request, cache_dir, \
                          no_open, create_lookup, rename_report, xattr_hint, big_readdir, \
                          guest_poll, forget_batch, async_read, parallel_dirops, root_poll, dir_prefetch, \
-                         lookup_ahead, timeout=S, poll=US, irq_window=US|batch, queue=N",
+                         lookup_ahead, flat_readdir, timeout=S, poll=US, irq_window=US|batch, queue=N",
                     ))
                 }
             }
@@ -303,6 +309,7 @@ mod tests {
         assert!(!d.root_poll && d.apply("+root_poll").unwrap().root_poll);
         assert!(d.dir_prefetch && !d.apply("-dir_prefetch").unwrap().dir_prefetch);
         assert!(d.lookup_ahead && !d.apply("-lookup_ahead").unwrap().lookup_ahead);
+        assert!(d.flat_readdir && !d.apply("-flat_readdir").unwrap().flat_readdir);
         assert_eq!(d.apply("queue=1024").unwrap().queue, 1024);
         assert_eq!(d.apply("queue=16").unwrap().queue, 16);
         assert_eq!(d.apply("").unwrap(), d);

@@ -7,7 +7,7 @@
 //!
 //! Files: `config.rs` (share description, config space), `device.rs` (the device and queue
 //! processing), `confine.rs` (capabilities a server keeps), `landlock.rs` (paths a backend process may reach), `policy/` (the `FileSystem` wrapper enforcing a share's policy: its state and checks in `mod.rs`, the request handlers in `filesystem.rs`),
-//! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `fd_limit.rs` (RLIMIT_NOFILE), `dirs.rs` (the workspace's READDIR), `dir_stream.rs` (one listing, read ahead), `inodes.rs` (inodes handed to the guest), `tmpfiles.rs` (O_TMPFILE files), `openfiles.rs` (handles for a guest that sends no OPEN), `create_lookup.rs` (one-request O_CREAT opens), `private_init.rs` (the hutch-private INIT flags), `rename_report.rs` (renames without a target lookup), `xattr_hint.rs` (entries that say whether there are xattrs), `big_readdir.rs` (listings read 32 KiB at a time), `poll.rs` (watching the request queue instead of sleeping), `wb_coherent.rs` (the writeback cache for a guest that sees host changes),
+//! `secrets.rs` (files the system root masks), `levers.rs` (the workspace's tuning switches), `fd_limit.rs` (RLIMIT_NOFILE), `dirs.rs` (the workspace's READDIR), `dir_stream.rs` (one listing, read ahead), `dir_reply.rs` (listings answered from one buffer), `inodes.rs` (inodes handed to the guest), `tmpfiles.rs` (O_TMPFILE files), `openfiles.rs` (handles for a guest that sends no OPEN), `create_lookup.rs` (one-request O_CREAT opens), `private_init.rs` (the hutch-private INIT flags), `rename_report.rs` (renames without a target lookup), `xattr_hint.rs` (entries that say whether there are xattrs), `big_readdir.rs` (listings read 32 KiB at a time), `poll.rs` (watching the request queue instead of sleeping), `wb_coherent.rs` (the writeback cache for a guest that sees host changes),
 //! `vhost_user.rs` (vhost-user server), `error.rs`.
 
 mod big_readdir;
@@ -15,6 +15,7 @@ mod config;
 mod confine;
 mod create_lookup;
 mod device;
+mod dir_reply;
 mod dir_stream;
 mod dirs;
 mod error;

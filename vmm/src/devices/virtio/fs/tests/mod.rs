@@ -2,6 +2,7 @@
 //! server.
 
 mod create_lookup;
+mod dir_reply;
 mod dir_stream;
 mod dirs;
 mod drain;
