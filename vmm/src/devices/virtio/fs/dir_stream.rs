@@ -184,12 +184,13 @@ impl Stream {
             )
         };
         if n < 0 {
+            let e = io::Error::last_os_error();
             self.buf.clear();
             self.orphan_ahead();
             self.eof = false;
             // The file position is unknown now: the next read seeks.
             self.next_off = u64::MAX;
-            return Err(io::Error::last_os_error());
+            return Err(e);
         }
         let n = n as usize;
         self.buf.truncate(kept + n);
