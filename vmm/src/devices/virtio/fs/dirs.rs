@@ -108,7 +108,10 @@ impl DirStreams {
         forget: &mut dyn FnMut(u64),
     ) -> (u64, u64) {
         let (mut batches, mut names) = (0, 0);
-        if !self.any_wanting.swap(false, Ordering::Acquire) {
+        // Called after every answer: a plain load when nothing waits.
+        if !self.any_wanting.load(Ordering::Relaxed)
+            || !self.any_wanting.swap(false, Ordering::Acquire)
+        {
             return (batches, names);
         }
         let wanting = std::mem::take(&mut *self.wanting.lock().unwrap_or_else(|p| p.into_inner()));

@@ -271,23 +271,25 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
         let ctx = Context::new();
         dirs.read_ahead(
             run,
-            &mut |dir, dir_fd, name| self.look_up_ahead(&ctx, dir, dir_fd, name),
+            // Any failure is left to the request, which answers it.
+            &mut |dir, dir_fd, name| self.plus_lookup(&ctx, dir, dir_fd, name).ok(),
             &mut |ino| self.inner.forget(&ctx, ino, 1),
         )
     }
 
-    /// A READDIRPLUS entry for `name` in `dir` looked up before the request
-    /// that sends it (dir_stream.rs), or `None` to leave it to the request.
-    fn look_up_ahead(
+    /// A READDIRPLUS entry for `name` in `dir`, whose descriptor is
+    /// `dir_fd`: the lookup with its xattr mark. For the request that sends
+    /// it, or ahead of that request (dir_stream.rs).
+    fn plus_lookup(
         &self,
         ctx: &Context,
         dir: u64,
         dir_fd: BorrowedFd<'_>,
         name: &[u8],
-    ) -> Option<Entry> {
-        let name = std::ffi::CString::new(name).ok()?;
-        let entry = self.inner.lookup(ctx, dir, &name).ok()?;
-        Some(self.xattr_hint(ctx, entry, Some((dir_fd, &name))))
+    ) -> io::Result<Entry> {
+        let name = std::ffi::CString::new(name).map_err(|_| err(libc::EIO))?;
+        let entry = self.inner.lookup(ctx, dir, &name)?;
+        Ok(self.xattr_hint(ctx, entry, Some((dir_fd, &name))))
     }
 
     /// Fails with EBADF for inodes the guest was never given (restricted view only).
@@ -543,14 +545,11 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> PolicyFs<F> {
         }
         let entry = match ahead {
             Some(entry) => entry,
-            None => {
-                let name = std::ffi::CString::new(dirent.name).map_err(|_| err(libc::EIO))?;
-                match self.inner.lookup(ctx, dir, &name) {
-                    Ok(entry) => self.xattr_hint(ctx, entry, Some((dir_fd, &name))),
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(1),
-                    Err(e) => return Err(e),
-                }
-            }
+            None => match self.plus_lookup(ctx, dir, dir_fd, dirent.name) {
+                Ok(entry) => entry,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(1),
+                Err(e) => return Err(e),
+            },
         };
         let ino = entry.inode;
         let res = add_entry(dirent, entry);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::FsOptions;
 use fuse_backend_rs::api::filesystem::{
-    Context, Entry, FileSystem, ListxattrReply, OpenOptions, ROOT_ID,
+    Context, DirEntry, Entry, FileSystem, ListxattrReply, OpenOptions, ROOT_ID,
 };
 use fuse_backend_rs::passthrough::PassthroughFs;
 
@@ -264,33 +264,53 @@ impl FileSystem for Counting {
     }
 }
 
-/// A READDIRPLUS listing of the root in answers of at most 32 KiB, as the
-/// guest reads one (offset 0 first); `between` runs after each answer.
-/// Returns each name's entry inode number and node id.
-fn list_plus(
+/// One READDIRPLUS answer of at most 32 KiB from `offset`, as the guest
+/// gets it: `each` sees every entry sent. Returns how many there were.
+fn plus_answer(
     fs: &PolicyFs<Counting>,
     handle: u64,
-    between: &mut dyn FnMut(&PolicyFs<Counting>),
-) -> BTreeMap<String, (u64, u64)> {
-    let ctx = Context::new();
-    let (mut names, mut offset) = (BTreeMap::new(), 0);
-    loop {
-        let (mut got, mut used) = (0, 0);
-        fs.readdirplus(&ctx, ROOT_ID, handle, 32 * 1024, offset, &mut |d, e| {
+    offset: u64,
+    each: &mut dyn FnMut(&DirEntry, &Entry),
+) -> usize {
+    let (mut got, mut used) = (0, 0);
+    fs.readdirplus(
+        &Context::new(),
+        ROOT_ID,
+        handle,
+        32 * 1024,
+        offset,
+        &mut |d, e| {
             // A `fuse_entry_out`, a `fuse_dirent` and its name, 8-byte aligned.
             let len = 128 + ((24 + d.name.len() + 7) & !7);
             if used + len > 32 * 1024 {
                 return Ok(0);
             }
             used += len;
+            each(&d, &e);
+            got += 1;
+            Ok(1)
+        },
+    )
+    .unwrap();
+    got
+}
+
+/// A READDIRPLUS listing of the root as the guest reads one (offset 0
+/// first); `between` runs after each answer. Returns each name's entry
+/// inode number and node id.
+fn list_plus(
+    fs: &PolicyFs<Counting>,
+    handle: u64,
+    between: &mut dyn FnMut(&PolicyFs<Counting>),
+) -> BTreeMap<String, (u64, u64)> {
+    let (mut names, mut offset) = (BTreeMap::new(), 0);
+    loop {
+        let got = plus_answer(fs, handle, offset, &mut |d, e| {
             let name = String::from_utf8(d.name.to_vec()).unwrap();
             let ids = (e.attr.st_ino, e.inode);
             assert!(names.insert(name, ids).is_none(), "an entry came twice");
             offset = d.offset;
-            got += 1;
-            Ok(1)
-        })
-        .unwrap();
+        });
         between(fs);
         if got == 0 {
             return names;
@@ -365,23 +385,14 @@ fn readdirplus_entries_looked_up_ahead_are_the_names_own_and_all_given_back() {
 /// `n` READDIRPLUS answers of 32 KiB from offset 0 with reading ahead
 /// between them; the node ids sent and the offset reached.
 fn plus_chunks(fs: &PolicyFs<Counting>, handle: u64, n: usize) -> (Vec<u64>, u64) {
-    let ctx = Context::new();
     let (mut sent, mut offset) = (Vec::new(), 0);
     for _ in 0..n {
-        let mut used = 0;
-        fs.readdirplus(&ctx, ROOT_ID, handle, 32 * 1024, offset, &mut |d, e| {
-            let len = 128 + ((24 + d.name.len() + 7) & !7);
-            if used + len > 32 * 1024 {
-                return Ok(0);
-            }
-            used += len;
+        plus_answer(fs, handle, offset, &mut |d, e| {
             if e.inode != 0 {
                 sent.push(e.inode);
             }
             offset = d.offset;
-            Ok(1)
-        })
-        .unwrap();
+        });
         let _ = fs.read_ahead(true);
     }
     (sent, offset)
