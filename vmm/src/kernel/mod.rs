@@ -74,6 +74,12 @@ pub const RECIPE: &[(&str, &str)] = &[
             "../../../guest/kernel/patches/0011-fuse-writeback-cache-that-sees-host-changes.patch"
         ),
     ),
+    (
+        "patches/0012-fuse-write-through-answers-attributes.patch",
+        include_str!(
+            "../../../guest/kernel/patches/0012-fuse-write-through-answers-attributes.patch"
+        ),
+    ),
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[

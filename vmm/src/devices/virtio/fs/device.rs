@@ -29,6 +29,7 @@ use super::private_init;
 use super::rename_report::{self, FUSE_HUTCH_RENAME_REPORT, FUSE_RENAME2};
 use super::stats::FsStats;
 use super::wb_coherent::{self, FUSE_HUTCH_WB_COHERENT};
+use super::write_attr;
 use super::xattr_hint::FUSE_HUTCH_NOXATTR;
 use super::{DirStreams, FsError, Levers, ShareConfig, SharePolicy};
 
@@ -157,6 +158,12 @@ impl FsDevice {
             // stops sending OPEN and RELEASE (zero-message open, with its
             // pages kept); every exec opened about 18 files through it.
             no_open: !workspace,
+            // Likewise OPENDIR: the guest stops sending OPENDIR and RELEASEDIR
+            // and keeps listings cached (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE, as
+            // CachePolicy::Always answered); each READDIR opens the directory
+            // by its node. glibc opens a locale directory or two in every
+            // process that sets a UTF-8 locale: two requests each.
+            no_opendir: !workspace,
             ..Default::default()
         };
         let inner = PassthroughFs::new(passthrough_cfg).map_err(|e| FsError::Passthrough {
@@ -488,6 +495,9 @@ impl FsDevice {
         let reporting_rename = opcode == FUSE_RENAME2
             && self.private_flags & FUSE_HUTCH_RENAME_REPORT != 0
             && rename_report::is_marked(mem, &chain);
+        let writing_attrs = opcode == write_attr::FUSE_WRITE
+            && self.private_flags & write_attr::FUSE_HUTCH_WRITE_ATTR != 0
+            && write_attr::is_marked(mem, &chain);
         let writer = match VirtioFsWriter::new(mem, chain) {
             Ok(w) => w,
             Err(e) => return self.malformed(head, "its writable part", &e),
@@ -496,6 +506,8 @@ impl FsDevice {
             self.tmpfile(reader, writer)
         } else if reporting_rename {
             rename_report::serve(&self.fs, reader, writer)
+        } else if writing_attrs {
+            write_attr::serve(&self.fs, reader, writer)
         } else if self.flat_readdir && (opcode == FUSE_READDIR || opcode == FUSE_READDIRPLUS) {
             dir_reply::serve(&*self.fs, opcode == FUSE_READDIRPLUS, reader, writer)
         } else {
@@ -511,11 +523,12 @@ impl FsDevice {
                             self.fs.grant_xattr_hint();
                         }
                         info!(
-                            "virtio-fs share {:?}: one-request O_CREAT opens: {}, renames without a target lookup: {}, xattr hints: {}",
+                            "virtio-fs share {:?}: one-request O_CREAT opens: {}, renames without a target lookup: {}, xattr hints: {}, WRITEs answer attributes: {}",
                             self.tag,
                             grant & FUSE_HUTCH_CREATE_LOOKUP != 0,
                             grant & FUSE_HUTCH_RENAME_REPORT != 0,
-                            grant & FUSE_HUTCH_NOXATTR != 0
+                            grant & FUSE_HUTCH_NOXATTR != 0,
+                            grant & write_attr::FUSE_HUTCH_WRITE_ATTR != 0
                         );
                     }
                 }

@@ -127,6 +127,12 @@ pub struct Levers {
     /// copied into the guest's in one write, instead of fuse-backend-rs's
     /// few small writes per entry (dir_reply.rs).
     pub flat_readdir: bool,
+    /// Write-through WRITEs answer the file's attributes after the write,
+    /// and whether anything else changed the file before it (hutch's
+    /// private [`super::write_attr::FUSE_HUTCH_WRITE_ATTR`], guest kernel
+    /// patch 0012), so the guest keeps the pages it wrote and sends no
+    /// GETATTR before reading them back (write_attr.rs).
+    pub write_attr: bool,
 }
 
 /// How long a directory's mtime must be in the past before its listing may
@@ -185,6 +191,7 @@ impl Default for Levers {
             dir_prefetch: true,
             lookup_ahead: true,
             flat_readdir: true,
+            write_attr: true,
         }
     }
 }
@@ -253,12 +260,13 @@ impl Levers {
                 "dir_prefetch" => self.dir_prefetch = on,
                 "lookup_ahead" => self.lookup_ahead = on,
                 "flat_readdir" => self.flat_readdir = on,
+                "write_attr" => self.write_attr = on,
                 _ => {
                     return Err(bad(
                         "levers are flush, negative, writeback, irq_per_request, cache_dir, \
                          no_open, create_lookup, rename_report, xattr_hint, big_readdir, \
                          guest_poll, forget_batch, async_read, parallel_dirops, root_poll, dir_prefetch, \
-                         lookup_ahead, flat_readdir, timeout=S, poll=US, irq_window=US|batch, queue=N",
+                         lookup_ahead, flat_readdir, write_attr, timeout=S, poll=US, irq_window=US|batch, queue=N",
                     ))
                 }
             }
@@ -299,6 +307,7 @@ mod tests {
         assert!(d.big_readdir && !d.apply("-big_readdir").unwrap().big_readdir);
         assert!(d.guest_poll && !d.apply("-guest_poll").unwrap().guest_poll);
         assert!(d.forget_batch && !d.apply("-forget_batch").unwrap().forget_batch);
+        assert!(d.write_attr && !d.apply("-write_attr").unwrap().write_attr);
         assert_eq!(l.timeout, Duration::from_millis(500));
         assert_eq!(d.poll, Duration::from_micros(300));
         assert_eq!(d.apply("poll=0").unwrap().poll, Duration::ZERO);

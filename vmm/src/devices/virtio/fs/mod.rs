@@ -34,6 +34,7 @@ mod stats;
 mod tmpfiles;
 mod vhost_user;
 mod wb_coherent;
+mod write_attr;
 mod xattr_hint;
 
 #[cfg(test)]

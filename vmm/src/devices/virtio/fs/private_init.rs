@@ -6,8 +6,9 @@
 //! (create_lookup.rs), renames that report what they replaced
 //! (rename_report.rs), entries that say whether a file has xattrs
 //! (xattr_hint.rs), listings read 32 KiB at a time (big_readdir.rs),
-//! callers that poll for their answers (poll.rs) and a writeback cache that
-//! sees host changes (wb_coherent.rs). fuse-backend-rs drops INIT flags it does not know, so
+//! callers that poll for their answers (poll.rs), a writeback cache that
+//! sees host changes (wb_coherent.rs) and write-through WRITEs that answer
+//! the file's attributes (write_attr.rs). fuse-backend-rs drops INIT flags it does not know, so
 //! the device reads the offer from the request and writes the grant into
 //! the reply after the server has answered. The byte helpers also serve
 //! requests the device inspects before fuse-backend-rs parses them.
@@ -23,7 +24,7 @@ type LeverOn = fn(&Levers) -> bool;
 
 /// Every hutch-private INIT flag this server knows, with the workspace
 /// lever that grants it. A new extension adds one row here.
-const FLAGS: [(u64, LeverOn); 6] = [
+const FLAGS: [(u64, LeverOn); 7] = [
     (super::create_lookup::FUSE_HUTCH_CREATE_LOOKUP, |l| {
         l.create_lookup
     }),
@@ -36,6 +37,7 @@ const FLAGS: [(u64, LeverOn); 6] = [
     }),
     (super::poll::FUSE_HUTCH_POLL, |l| l.guest_poll),
     (super::wb_coherent::FUSE_HUTCH_WB_COHERENT, |l| l.writeback),
+    (super::write_attr::FUSE_HUTCH_WRITE_ATTR, |l| l.write_attr),
 ];
 
 /// The union of [`FLAGS`].
@@ -208,11 +210,15 @@ mod grant_tests {
                 super::super::wb_coherent::FUSE_HUTCH_WB_COHERENT,
                 "writeback",
             ),
+            (
+                super::super::write_attr::FUSE_HUTCH_WRITE_ATTR,
+                "write_attr",
+            ),
         ] {
             let off = all.apply(&format!("-{name}")).unwrap();
             assert_eq!(workspace_grants(&off), PRIVATE & !flag, "-{name}");
         }
-        assert_eq!(PRIVATE.count_ones(), 6);
+        assert_eq!(PRIVATE.count_ones(), 7);
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod queue;
 mod rename_report;
 mod tmpfile;
 mod vhost_user;
+mod write_attr;
 mod xattr_hint;
 
 /// PassthroughFs over `root`, xattrs on, as the workspace and the root

@@ -562,3 +562,55 @@ fn init_asks_for_parallel_dirops_and_async_reads_as_the_levers_say() {
         .unwrap();
     assert!(!plain.intersects(both), "{plain:?}");
 }
+
+#[test]
+fn the_root_lists_without_opendir_and_still_masks() {
+    // As device.rs configures the root: OPENDIR answered ENOSYS once, then
+    // READDIR(PLUS) by node with handle 0.
+    let root = host_root();
+    let inner =
+        fuse_backend_rs::passthrough::PassthroughFs::new(fuse_backend_rs::passthrough::Config {
+            root_dir: root.path().to_str().unwrap().to_owned(),
+            xattr: true,
+            do_import: true,
+            no_opendir: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let fs = PolicyFs::system_root(inner, root.path()).unwrap();
+    let granted = fs.init(FsOptions::ZERO_MESSAGE_OPENDIR).unwrap();
+    assert!(granted.contains(FsOptions::ZERO_MESSAGE_OPENDIR));
+    let etc = lookup(&fs, ROOT_ID, "etc").unwrap();
+    assert_eq!(errno(fs.opendir(&ctx(), etc.inode, 0)), libc::ENOSYS);
+    let mut names = Vec::new();
+    fs.readdir(&ctx(), etc.inode, 0, 8192, 0, &mut |d| {
+        names.push(String::from_utf8_lossy(d.name).into_owned());
+        Ok(1)
+    })
+    .unwrap();
+    names.retain(|n| n != "." && n != "..");
+    names.sort();
+    assert_eq!(names, ["passwd", "ssh", "ssl"]);
+    let mut plus = Vec::new();
+    fs.readdirplus(&ctx(), etc.inode, 0, 8192, 0, &mut |d, e| {
+        plus.push((String::from_utf8_lossy(d.name).into_owned(), e.inode));
+        Ok(1)
+    })
+    .unwrap();
+    plus.retain(|(n, _)| n != "." && n != "..");
+    plus.sort();
+    let plus_names: Vec<&str> = plus.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(plus_names, ["passwd", "ssh", "ssl"]);
+    for (_, ino) in plus {
+        fs.forget(&ctx(), ino, 1);
+    }
+    // The root directory itself lists its allowlist as before.
+    let mut top = Vec::new();
+    fs.readdir(&ctx(), ROOT_ID, 0, 8192, 0, &mut |d| {
+        top.push(String::from_utf8_lossy(d.name).into_owned());
+        Ok(1)
+    })
+    .unwrap();
+    top.sort();
+    assert_eq!(top, ["etc", "lib", "usr"]);
+}
