@@ -68,3 +68,59 @@ per_engine!(reads_are_polled_for_without_async_read, |e: Engine| {
         "{case}: {interrupts} interrupts for {reads} READ"
     );
 });
+
+/// The largest regular file under the host's /usr/bin of at least 4 MiB
+/// (the guest's root share shows the host's /usr), and its size.
+fn big_host_binary() -> Option<(std::path::PathBuf, u64)> {
+    std::fs::read_dir("/usr/bin")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let m = std::fs::symlink_metadata(e.path()).ok()?;
+            m.file_type().is_file().then(|| (e.path(), m.len()))
+        })
+        .filter(|(_, len)| *len >= 4 << 20)
+        .max_by_key(|(_, len)| *len)
+}
+
+/// The read-only root's READ requests in a `--stats` run's stderr.
+fn root_reads(stderr: &str) -> u64 {
+    let at = stderr
+        .lines()
+        .position(|l| l.contains("virtio-fs hutch-root:"))
+        .expect("root stats");
+    stderr
+        .lines()
+        .nth(at + 1)
+        .unwrap_or("")
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("READ=")?.parse().ok())
+        .unwrap_or(0)
+}
+
+per_engine!(the_root_reads_a_big_file_in_large_reads, |e: Engine| {
+    let (file, size) = big_host_binary().expect("a binary of 4 MiB or more in /usr/bin");
+    let ws = hutch_e2e::workspace();
+    let f = file.to_str().unwrap();
+    // The same boot and commands, with and without reading the file: the
+    // difference is the file's own READs (guest init sets the root's
+    // read-ahead to 1 MiB, one READ of the largest size the server takes).
+    let mut reads = Vec::new();
+    for src in ["/dev/null", f] {
+        let script = format!("cat {src} > /dev/null; wc -c < {f}");
+        let o = hutch_e2e::run_with_stats(e, ws.path(), &["sh", "-c", &script], "", &[]);
+        assert_eq!(o.status, 0, "{}", o.stderr);
+        assert_eq!(o.stdout_str().trim(), size.to_string(), "{}", o.stderr);
+        reads.push(root_reads(&o.stderr));
+    }
+    let own = reads[1].saturating_sub(reads[0]);
+    eprintln!(
+        "{f}: {size} bytes read through the root in {own} READs ({} KiB each on average)",
+        size / 1024 / own.max(1)
+    );
+    assert!(own > 0, "the file was read through the root: {reads:?}");
+    assert!(
+        own <= size / (512 << 10) + 4,
+        "{own} READs for {size} bytes: the root's read-ahead is small"
+    );
+});

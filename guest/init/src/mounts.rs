@@ -31,6 +31,9 @@ pub enum MountError {
     Umount { path: String, err: io::Error },
     /// Changing the root or working directory to `path` failed.
     Chroot { path: String, err: io::Error },
+    /// Setting a share's read-ahead through sysfs (`path`) failed.
+    /// Reported as a warning.
+    ReadAhead { path: String, err: io::Error },
     /// The overlay root could not be set up (the cause says where); the
     /// guest falls back to the read-only root. Reported as a warning.
     ReadOnlyRoot(Box<MountError>),
@@ -45,6 +48,7 @@ impl fmt::Display for MountError {
             Self::Symlink { link, target, err } => write!(f, "symlink {link} -> {target}: {err}"),
             Self::Umount { path, err } => write!(f, "detach {path}: {err}"),
             Self::Chroot { path, err } => write!(f, "change root to {path}: {err}"),
+            Self::ReadAhead { path, err } => write!(f, "set read-ahead in {path}: {err}"),
             Self::ReadOnlyRoot(cause) => {
                 write!(f, "no writable root, the root is read-only: {cause}")
             }

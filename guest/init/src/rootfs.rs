@@ -17,6 +17,37 @@ use crate::{console, overlay};
 /// or the source of the read-only binds over `/`.
 pub const SYS_DIR: &str = "/.hutch/sys";
 
+/// Read-ahead of the read-only root share, in KiB: one READ of the largest
+/// size the server takes (FUSE MAX_PAGES, 256 pages), where Linux starts a
+/// FUSE mount at 128 KiB. A cold `cargo build` read rustc's libraries in
+/// 2,400 root READs instead of 4,700 (docs/fs-levers.md, session 14).
+pub const ROOT_READ_AHEAD_KB: u32 = 1024;
+
+/// The sysfs file that holds the read-ahead of the file system on device
+/// `dev` (its backing device info, `MAJOR:MINOR`).
+pub fn read_ahead_file(dev: u64) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    ))
+}
+
+/// Sets the read-ahead of the file system mounted at `dir` to `kb` KiB.
+fn set_read_ahead(dir: &Path, kb: u32) -> Result<(), MountError> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::metadata(dir)
+        .map(|m| read_ahead_file(m.dev()))
+        .map_err(|err| MountError::ReadAhead {
+            path: show(dir.as_os_str().as_bytes()),
+            err,
+        })?;
+    std::fs::write(&file, kb.to_string()).map_err(|err| MountError::ReadAhead {
+        path: show(file.as_os_str().as_bytes()),
+        err,
+    })
+}
+
 /// Top-level names of the share that are never bound over `/`: they hold the
 /// kernel file systems and init's own files.
 pub const RESERVED: &[&[u8]] = &[b".hutch", b"dev", b"hutch", b"proc", b"sys"];
@@ -166,6 +197,9 @@ pub fn build(spec: &RunSpec, writable: bool) -> Result<Vec<MountError>, MountErr
     )?;
     console::trace("root share mounted");
     let mut warnings = Vec::new();
+    if let Err(e) = set_read_ahead(sys, ROOT_READ_AHEAD_KB) {
+        warnings.push(e);
+    }
     let overlaid = writable
         && match overlay::mount_root(sys) {
             Ok(()) => true,
@@ -226,6 +260,21 @@ pub fn build(spec: &RunSpec, writable: bool) -> Result<Vec<MountError>, MountErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_ahead_is_set_in_the_devices_bdi() {
+        assert_eq!(
+            read_ahead_file(libc::makedev(0, 13)),
+            Path::new("/sys/class/bdi/0:13/read_ahead_kb")
+        );
+        assert_eq!(
+            read_ahead_file(libc::makedev(259, 1048576)),
+            Path::new("/sys/class/bdi/259:1048576/read_ahead_kb")
+        );
+        // Not a sysfs path here: the error names the file.
+        let e = set_read_ahead(Path::new("/nonexistent-hutch-dir"), 1024).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent-hutch-dir"), "{e}");
+    }
 
     #[test]
     fn read_only_root_on_request() {
