@@ -104,20 +104,13 @@ per_engine!(
     |e: Engine| {
         use std::io::Write;
         use std::os::unix::fs::FileExt;
-        use std::process::Stdio;
         let ws = hutch_e2e::workspace();
         let argv: Vec<&std::ffi::OsStr> = ["sh", "-c", EDITS]
             .into_iter()
             .map(std::ffi::OsStr::new)
             .collect();
         let mut h = hutch_e2e::Hutch::new(hutch_e2e::run_args(e, ws.path(), &argv));
-        let mut child = h
-            .cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting hutch");
+        let mut child = hutch_e2e::spawn_with_stdin(&mut h);
         assert!(
             hutch_e2e::wait_for_file(&ws.path().join("ready"), 120),
             "the guest never got ready"

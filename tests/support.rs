@@ -446,6 +446,17 @@ pub fn spawn_piped(h: &mut Hutch) -> std::process::Child {
         .expect("starting hutch")
 }
 
+/// Starts `h` with stdin, stdout and stderr piped: the test writes lines
+/// the guest command reads (a signal that no cached lookup can delay).
+pub fn spawn_with_stdin(h: &mut Hutch) -> std::process::Child {
+    h.cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting hutch")
+}
+
 /// Waits up to `secs` for `path` to exist (a guest's signal); whether it does.
 pub fn wait_for_file(path: &Path, secs: u64) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);

@@ -343,3 +343,14 @@ pub fn init_ext(
     let word = |at: usize| u32::from_le_bytes(r[0].1[at..at + 4].try_into().unwrap());
     (word(12), word(32))
 }
+
+/// The private flags (`flags2`) a fresh device serving an empty directory
+/// under `policy` grants to an INIT offering `offered`.
+pub fn granted(policy: crate::devices::virtio::fs::SharePolicy, offered: u32) -> u32 {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = guest_memory();
+    let dev = share(dir.path(), policy);
+    let mut drv = Driver::new(&mem);
+    let mut q = drv.queue();
+    init_ext(&dev, &mut drv, &mut q, offered).1
+}

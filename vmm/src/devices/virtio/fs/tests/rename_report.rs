@@ -10,7 +10,9 @@ use std::mem::size_of;
 use fuse_backend_rs::abi::fuse_abi::{EntryOut, Opcode, OutHeader, Rename2In, ROOT_ID};
 use vm_memory::ByteValued;
 
-use super::fuse_driver::{exchange, guest_memory, init_ext, share as device, Driver, Pending};
+use super::fuse_driver::{
+    exchange, granted, guest_memory, init_ext, share as device, Driver, Pending,
+};
 use crate::devices::virtio::fs::create_lookup::FUSE_HUTCH_CREATE_LOOKUP;
 use crate::devices::virtio::fs::rename_report::{
     FUSE_HUTCH_RENAME_REPORT, FUSE_RENAME2, FUSE_RENAME_HUTCH_REPORT,
@@ -58,26 +60,17 @@ fn replaced(body: &[u8]) -> u64 {
 
 #[test]
 fn init_grants_the_flag_only_when_offered_on_the_workspace() {
-    let dir = tempfile::tempdir().unwrap();
-    let mem = guest_memory();
-    for (policy, offered, granted) in [
+    let both = GRANT | CREATE_GRANT;
+    for (policy, offered, want) in [
         (SharePolicy::Workspace, GRANT, GRANT),
-        (
-            SharePolicy::Workspace,
-            GRANT | CREATE_GRANT,
-            GRANT | CREATE_GRANT,
-        ),
+        (SharePolicy::Workspace, both, both),
         (SharePolicy::Workspace, CREATE_GRANT, CREATE_GRANT),
         (SharePolicy::Workspace, 0, 0),
-        (SharePolicy::SystemRoot, GRANT | CREATE_GRANT, 0),
+        (SharePolicy::SystemRoot, both, 0),
     ] {
-        let dev = device(dir.path(), policy);
-        let mut drv = Driver::new(&mem);
-        let mut q = drv.queue();
-        let flags2 = init(&dev, &mut drv, &mut q, offered);
         assert_eq!(
-            flags2 & (GRANT | CREATE_GRANT),
-            granted,
+            granted(policy, offered) & both,
+            want,
             "{policy:?} offered {offered:#x}"
         );
     }
