@@ -436,25 +436,25 @@ pub fn children_of(pid: u32) -> Vec<(u32, String)> {
         .unwrap_or_default()
 }
 
-/// Starts `h` with stdin closed and stdout and stderr piped (for [`collect`]).
-pub fn spawn_piped(h: &mut Hutch) -> std::process::Child {
+/// Starts `h` with `stdin`, and stdout and stderr piped (for [`collect`]).
+fn spawn_with(h: &mut Hutch, stdin: std::process::Stdio) -> std::process::Child {
     h.cmd
-        .stdin(std::process::Stdio::null())
+        .stdin(stdin)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("starting hutch")
 }
 
+/// Starts `h` with stdin closed and stdout and stderr piped (for [`collect`]).
+pub fn spawn_piped(h: &mut Hutch) -> std::process::Child {
+    spawn_with(h, std::process::Stdio::null())
+}
+
 /// Starts `h` with stdin, stdout and stderr piped: the test writes lines
 /// the guest command reads (a signal that no cached lookup can delay).
 pub fn spawn_with_stdin(h: &mut Hutch) -> std::process::Child {
-    h.cmd
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting hutch")
+    spawn_with(h, std::process::Stdio::piped())
 }
 
 /// Waits up to `secs` for `path` to exist (a guest's signal); whether it does.

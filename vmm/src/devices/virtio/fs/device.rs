@@ -45,6 +45,16 @@ const ROOT_CACHE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6
 /// The file system stack every share serves.
 pub type ShareFs = PolicyFs<PassthroughFs>;
 
+/// The caller a request names in its header, for the requests the device
+/// serves itself (FUSE_TMPFILE, READDIR, marked RENAME2 and WRITE).
+pub(super) fn caller(header: &InHeader) -> Context {
+    Context {
+        uid: header.uid,
+        gid: header.gid,
+        pid: header.pid as libc::pid_t,
+    }
+}
+
 /// A virtio-fs device serving one share. `Send + Sync`: queues may be processed from
 /// different threads at once.
 pub struct FsDevice {
@@ -549,11 +559,7 @@ impl FsDevice {
         let header: InHeader = reader.read_obj()?;
         let reply = match reader.read_obj::<CreateIn>() {
             Ok(args) => {
-                let ctx = Context {
-                    uid: header.uid,
-                    gid: header.gid,
-                    pid: header.pid as libc::pid_t,
-                };
+                let ctx = caller(&header);
                 self.fs.tmpfile(&ctx, header.nodeid, args)
             }
             Err(_) => Err(io::Error::from_raw_os_error(libc::EINVAL)),

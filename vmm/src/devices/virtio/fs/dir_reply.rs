@@ -14,7 +14,7 @@ use std::io::{self, Write};
 use std::mem::size_of;
 
 use fuse_backend_rs::abi::fuse_abi::{Dirent, EntryOut, InHeader, OutHeader, ReadIn};
-use fuse_backend_rs::api::filesystem::{Context, DirEntry, Entry, FileSystem};
+use fuse_backend_rs::api::filesystem::{DirEntry, Entry, FileSystem};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use vm_memory::ByteValued;
 
@@ -71,11 +71,7 @@ where
         // As fuse-backend-rs: a chain with less room than asked for is ENOMEM.
         Ok(args) if writer.available_bytes() < args.size as usize => Err(libc::ENOMEM),
         Ok(args) => {
-            let ctx = Context {
-                uid: header.uid,
-                gid: header.gid,
-                pid: header.pid as libc::pid_t,
-            };
+            let ctx = super::device::caller(&header);
             let max = args.size as usize;
             let mut buf = Vec::with_capacity(max);
             let res = if plus {

@@ -18,7 +18,6 @@ use std::ffi::CStr;
 use std::io::{self, Read};
 
 use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader, Rename2In};
-use fuse_backend_rs::api::filesystem::Context;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
@@ -65,11 +64,7 @@ pub fn serve<B: vm_memory::bitmap::BitmapSlice>(
     let read = reader.read_exact(&mut body);
     let reply = match (args, read, names(&body)) {
         (Ok(args), Ok(()), Some((old, new))) if len <= MAX_NAMES => {
-            let ctx = Context {
-                uid: header.uid,
-                gid: header.gid,
-                pid: header.pid as libc::pid_t,
-            };
+            let ctx = super::device::caller(&header);
             let flags = args.flags & !FUSE_RENAME_HUTCH_REPORT;
             fs.rename_reporting(&ctx, header.nodeid, old, args.newdir, new, flags)
         }

@@ -30,7 +30,7 @@ use std::io::{self, Read};
 use std::mem::size_of;
 
 use fuse_backend_rs::abi::fuse_abi::{Attr, AttrOut, InHeader, OutHeader, WriteIn, WriteOut};
-use fuse_backend_rs::api::filesystem::{Context, FileSystem, ZeroCopyReader};
+use fuse_backend_rs::api::filesystem::{FileSystem, ZeroCopyReader};
 use fuse_backend_rs::file_traits::FileReadWriteVolatile;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use virtio_queue::DescriptorChain;
@@ -100,11 +100,7 @@ pub fn serve<B: BitmapSlice>(
 ) -> io::Result<usize> {
     let header: InHeader = reader.read_obj()?;
     let args = reader.read_obj::<WriteIn>();
-    let ctx = Context {
-        uid: header.uid,
-        gid: header.gid,
-        pid: header.pid as libc::pid_t,
-    };
+    let ctx = super::device::caller(&header);
     let out = |len: usize, error: i32| OutHeader {
         len: len as u32,
         error,
