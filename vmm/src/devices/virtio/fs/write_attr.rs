@@ -64,8 +64,13 @@ pub fn is_marked<M: GuestMemory>(mem: &M, chain: &DescriptorChain<&M>) -> bool {
 /// The guest's view that a marked WRITE carries: mtime in nanoseconds since
 /// the epoch (signed, as the guest sends it) and the low 32 bits of size.
 fn unchanged(before: &libc::stat64, mtime_ns: u64, size_low: u32) -> bool {
-    let ns = i128::from(before.st_mtime) * 1_000_000_000 + i128::from(before.st_mtime_nsec);
-    ns == i128::from(mtime_ns as i64) && before.st_size as u32 == size_low
+    nanos(before.st_mtime, before.st_mtime_nsec) == i128::from(mtime_ns as i64)
+        && before.st_size as u32 == size_low
+}
+
+/// A time in nanoseconds since the epoch, as the guest sends an mtime.
+pub(super) fn nanos(sec: i64, nsec: i64) -> i128 {
+    i128::from(sec) * 1_000_000_000 + i128::from(nsec)
 }
 
 /// The request's data, read straight into the host file.

@@ -330,9 +330,20 @@ pub fn init_ext(
     q: &mut virtio_queue::Queue,
     flags2: u32,
 ) -> (u32, u32) {
+    init_offering(dev, drv, q, 0, flags2)
+}
+
+/// [`init_ext`] offering the standard `flags` too (INIT_EXT is added).
+pub fn init_offering(
+    dev: &FsDevice,
+    drv: &mut Driver<'_>,
+    q: &mut virtio_queue::Queue,
+    flags: u32,
+    flags2: u32,
+) -> (u32, u32) {
     const INIT_EXT: u32 = 1 << 30;
     let mut body = Vec::new();
-    for word in [7u32, 36, 0x2_0000, INIT_EXT, flags2] {
+    for word in [7u32, 36, 0x2_0000, flags | INIT_EXT, flags2] {
         body.extend_from_slice(&word.to_le_bytes());
     }
     body.extend_from_slice(&[0u8; 44]);

@@ -21,11 +21,15 @@ mod xattr_hint;
 /// PassthroughFs over `root`, xattrs on, as the workspace and the root
 /// share build it (the policy layered above is each test's own).
 fn passthrough(root: &std::path::Path) -> fuse_backend_rs::passthrough::PassthroughFs {
-    fuse_backend_rs::passthrough::PassthroughFs::new(fuse_backend_rs::passthrough::Config {
+    fuse_backend_rs::passthrough::PassthroughFs::new(passthrough_config(root)).unwrap()
+}
+
+/// [`passthrough`]'s configuration, for a test that changes one setting.
+fn passthrough_config(root: &std::path::Path) -> fuse_backend_rs::passthrough::Config {
+    fuse_backend_rs::passthrough::Config {
         root_dir: root.to_str().unwrap().to_owned(),
         xattr: true,
         do_import: true,
         ..Default::default()
-    })
-    .unwrap()
+    }
 }

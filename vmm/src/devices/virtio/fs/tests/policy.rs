@@ -570,11 +570,8 @@ fn the_root_lists_without_opendir_and_still_masks() {
     let root = host_root();
     let inner =
         fuse_backend_rs::passthrough::PassthroughFs::new(fuse_backend_rs::passthrough::Config {
-            root_dir: root.path().to_str().unwrap().to_owned(),
-            xattr: true,
-            do_import: true,
             no_opendir: true,
-            ..Default::default()
+            ..super::passthrough_config(root.path())
         })
         .unwrap();
     let fs = PolicyFs::system_root(inner, root.path()).unwrap();
@@ -613,4 +610,33 @@ fn the_root_lists_without_opendir_and_still_masks() {
     .unwrap();
     top.sort();
     assert_eq!(top, ["etc", "lib", "usr"]);
+}
+
+#[test]
+fn the_root_device_grants_zero_message_opendir_and_the_workspace_does_not() {
+    use super::fuse_driver::{exchange, guest_memory, init_offering, share, Driver};
+    use crate::devices::virtio::fs::SharePolicy;
+    use fuse_backend_rs::abi::fuse_abi::{Opcode, OpenIn, OpenOut, OutHeader};
+    use vm_memory::ByteValued;
+    // FUSE_NO_OPENDIR_SUPPORT in fuse_init_in.flags.
+    const NO_OPENDIR_SUPPORT: u32 = 1 << 24;
+    let dir = host_root();
+    let mem = guest_memory();
+    for (policy, zero_message) in [
+        (SharePolicy::SystemRoot, true),
+        (SharePolicy::Workspace, false),
+    ] {
+        let dev = share(dir.path(), policy);
+        let mut drv = Driver::new(&mem);
+        let mut q = drv.queue();
+        let (flags, _) = init_offering(&dev, &mut drv, &mut q, NO_OPENDIR_SUPPORT, 0);
+        assert_eq!(flags & NO_OPENDIR_SUPPORT != 0, zero_message, "{policy:?}");
+        let open_in = OpenIn::default();
+        let reply = (std::mem::size_of::<OutHeader>() + std::mem::size_of::<OpenOut>()) as u32;
+        let r = exchange(&dev, &mut drv, &mut q, |d| {
+            vec![d.request(Opcode::Opendir, ROOT_ID, open_in.as_slice(), &[reply])]
+        });
+        let want = if zero_message { -libc::ENOSYS } else { 0 };
+        assert_eq!(r[0].0, want, "{policy:?}: OPENDIR");
+    }
 }

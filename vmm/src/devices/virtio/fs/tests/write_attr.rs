@@ -19,7 +19,7 @@ use super::fuse_driver::{
     exchange, granted, guest_memory, init_ext, share as device, Driver, Pending,
 };
 use crate::devices::virtio::fs::write_attr::{
-    FUSE_HUTCH_WRITE_ATTR, FUSE_WRITE_HUTCH_ATTR, FUSE_WRITE_HUTCH_UNCHANGED,
+    nanos, FUSE_HUTCH_WRITE_ATTR, FUSE_WRITE_HUTCH_ATTR, FUSE_WRITE_HUTCH_UNCHANGED,
 };
 use crate::devices::virtio::fs::SharePolicy;
 
@@ -63,8 +63,7 @@ fn write(
 /// The host file's (mtime ns, size): what a guest that just heard holds.
 fn view(path: &Path) -> (u64, u64) {
     let m = fs::metadata(path).unwrap();
-    let ns = m.mtime() as i128 * 1_000_000_000 + i128::from(m.mtime_nsec());
-    (ns as u64, m.size())
+    (nanos(m.mtime(), m.mtime_nsec()) as u64, m.size())
 }
 
 /// A workspace over `root` with the grant taken, `f` opened, and its node id.
@@ -145,7 +144,7 @@ fn marked_write_answers_the_attributes_and_whether_the_file_was_as_the_guest_kne
     // The answered attributes are the next view; a host edit in between
     // (same size, a later mtime) makes the next WRITE "changed".
     let next = (
-        (attr.attr.mtime as i128 * 1_000_000_000 + i128::from(attr.attr.mtimensec)) as u64,
+        nanos(attr.attr.mtime as i64, attr.attr.mtimensec.into()) as u64,
         attr.attr.size,
     );
     assert_eq!(next, view(&f));
