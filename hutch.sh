@@ -16,24 +16,59 @@ PACKAGES=(qemu-system-x86 linux-source-6.1 gcc make bc bison flex libelf-dev lib
 
 say() { printf 'hutch.sh: %s\n' "$*" >&2; }
 
+# Prints the apt-get options that pick the release the qemu-system packages
+# must come from. Some machines ship qemu-utils from bookworm-backports
+# (qemu-img 10), which Breaks bookworm's qemu-system-common 7.2: there the
+# qemu-system packages come from bookworm-backports too, whose source is
+# added (hutch-bookworm-backports.list) when apt has none. Prints nothing
+# when qemu-utils is absent or from the main release.
+qemu_release() {
+    local version
+    version=$(dpkg-query -W -f='${Status} ${Version}' qemu-utils 2>/dev/null) || return 0
+    case $version in
+        *"ok installed"*"~bpo12"*) ;;
+        *) return 0 ;;
+    esac
+    if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        say "qemu-utils ${version##* } comes from bookworm-backports: adding that source for qemu-system"
+        echo "deb http://deb.debian.org/debian bookworm-backports main" |
+            "${sudo[@]}" tee /etc/apt/sources.list.d/hutch-bookworm-backports.list >/dev/null
+    fi
+    echo "-t bookworm-backports"
+}
+
 install_packages() {
-    local missing=() p
+    local missing=() qemu=() p
     for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" && continue
+        case $p in
+            qemu-*) qemu+=("$p") ;;
+            *) missing+=("$p") ;;
+        esac
     done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    local sudo=()
+    [ $((${#missing[@]} + ${#qemu[@]})) -eq 0 ] && return 0
+    sudo=()
     if [ "$(id -u)" -ne 0 ]; then
         if command -v sudo >/dev/null 2>&1; then
             sudo=(sudo)
         else
-            say "missing Debian packages; install them with: apt-get install -y ${missing[*]}"
+            say "missing Debian packages; install them with: apt-get install -y ${missing[*]} ${qemu[*]}"
             exit 1
         fi
     fi
-    say "installing ${missing[*]}"
+    local release=()
+    [ ${#qemu[@]} -eq 0 ] || read -r -a release <<<"$(qemu_release)"
+    say "installing ${missing[*]} ${qemu[*]}"
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2
+    if [ ${#missing[@]} -gt 0 ]; then
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2
+    fi
+    if [ ${#qemu[@]} -gt 0 ]; then
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${release[@]}" "${qemu[@]}" >&2 || {
+            say "could not install ${qemu[*]}${release[*]:+ (${release[*]})}; apt-get said why above"
+            exit 1
+        }
+    fi
 }
 
 run_tests() {
