@@ -65,6 +65,17 @@ pub struct FsSocket {
     pub queue: Option<u16>,
 }
 
+/// Kernel parameters for a TCG guest. QEMU's translator keeps the code it
+/// translated from a guest page until a guest CPU store reaches the page,
+/// and the vhost-user backends write file data straight into guest memory:
+/// a page cache page that held one binary's code, freed and filled by a
+/// READ with another's, could run the old code (a `ls` crashed this way
+/// after `echo 2 > /proc/sys/vm/drop_caches`, QEMU 10.0). hutch's guest
+/// kernel (patch 0013) then stores what each READ brought back over itself.
+/// It goes first, so that `--kernel-arg virtiofs.hutch_tcg_code=0` (which
+/// comes later) turns it off for a measurement.
+pub const TCG_CMDLINE: &str = "virtiofs.hutch_tcg_code=1";
+
 /// The QEMU command line for `spec`.
 pub fn qemu_args(
     spec: &VmSpec,
@@ -94,7 +105,11 @@ pub fn qemu_args(
         "-kernel".into(),
         spec.kernel.display().to_string(),
         "-append".into(),
-        spec.cmdline.clone(),
+        if kvm {
+            spec.cmdline.clone()
+        } else {
+            format!("{TCG_CMDLINE} {}", spec.cmdline)
+        },
     ];
     if kvm {
         a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]);
@@ -452,10 +467,17 @@ mod tests {
         let append = a.iter().position(|x| x == "-append").unwrap();
         assert_eq!(
             a[append + 1],
-            "console=ttyS0 reboot=t",
-            "cmdline is one argument"
+            "virtiofs.hutch_tcg_code=1 console=ttyS0 reboot=t",
+            "cmdline is one argument, with the TCG guest's parameter"
         );
-        let kvm = qemu_args(&spec(), true, None, &[], None).join(" ");
+        let kvm_args = qemu_args(&spec(), true, None, &[], None);
+        let append = kvm_args.iter().position(|x| x == "-append").unwrap();
+        assert_eq!(
+            kvm_args[append + 1],
+            "console=ttyS0 reboot=t",
+            "KVM needs no store-back"
+        );
+        let kvm = kvm_args.join(" ");
         assert!(kvm.contains("-accel kvm -cpu host"));
         assert!(!kvm.contains("-initrd"));
         assert!(!kvm.contains("vsock"), "no vsock device unless asked for");

@@ -80,6 +80,12 @@ pub const RECIPE: &[(&str, &str)] = &[
             "../../../guest/kernel/patches/0012-fuse-write-through-answers-attributes.patch"
         ),
     ),
+    (
+        "patches/0013-virtiofs-tcg-stores-read-data-again.patch",
+        include_str!(
+            "../../../guest/kernel/patches/0013-virtiofs-tcg-stores-read-data-again.patch"
+        ),
+    ),
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[
