@@ -133,6 +133,13 @@ pub struct Levers {
     /// patch 0012), so the guest keeps the pages it wrote and sends no
     /// GETATTR before reading them back (write_attr.rs).
     pub write_attr: bool,
+    /// READDIRPLUS for every page of a listing: the workspace answers INIT
+    /// without READDIRPLUS_AUTO. With it, the guest sends READDIRPLUS for
+    /// a listing's first page and for pages after a child was looked up,
+    /// and marks every entry it links that way, so the first stat of each
+    /// entry leaves the lockless path walk to tell the directory (guest
+    /// kernel `fuse_dentry_revalidate`).
+    pub always_plus: bool,
 }
 
 /// How long a directory's mtime must be in the past before its listing may
@@ -192,6 +199,7 @@ impl Default for Levers {
             lookup_ahead: true,
             flat_readdir: true,
             write_attr: true,
+            always_plus: false,
         }
     }
 }
@@ -261,12 +269,13 @@ impl Levers {
                 "lookup_ahead" => self.lookup_ahead = on,
                 "flat_readdir" => self.flat_readdir = on,
                 "write_attr" => self.write_attr = on,
+                "always_plus" => self.always_plus = on,
                 _ => {
                     return Err(bad(
                         "levers are flush, negative, writeback, irq_per_request, cache_dir, \
                          no_open, create_lookup, rename_report, xattr_hint, big_readdir, \
                          guest_poll, forget_batch, async_read, parallel_dirops, root_poll, dir_prefetch, \
-                         lookup_ahead, flat_readdir, write_attr, timeout=S, poll=US, irq_window=US|batch, queue=N",
+                         lookup_ahead, flat_readdir, write_attr, always_plus, timeout=S, poll=US, irq_window=US|batch, queue=N",
                     ))
                 }
             }
@@ -308,6 +317,7 @@ mod tests {
         assert!(d.guest_poll && !d.apply("-guest_poll").unwrap().guest_poll);
         assert!(d.forget_batch && !d.apply("-forget_batch").unwrap().forget_batch);
         assert!(d.write_attr && !d.apply("-write_attr").unwrap().write_attr);
+        assert!(!d.always_plus && d.apply("+always_plus").unwrap().always_plus);
         assert_eq!(l.timeout, Duration::from_millis(500));
         assert_eq!(d.poll, Duration::from_micros(300));
         assert_eq!(d.apply("poll=0").unwrap().poll, Duration::ZERO);

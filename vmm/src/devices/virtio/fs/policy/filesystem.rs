@@ -29,6 +29,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + HostPath> FileSystem for PolicyF
             if !self.levers.parallel_dirops {
                 flags.remove(FsOptions::PARALLEL_DIROPS);
             }
+            if self.levers.always_plus {
+                flags.remove(FsOptions::READDIRPLUS_AUTO);
+            }
         }
         Ok(flags)
     }

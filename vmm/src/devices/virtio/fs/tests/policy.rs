@@ -543,6 +543,13 @@ fn init_asks_for_parallel_dirops_and_async_reads_as_the_levers_say() {
     );
     let serial = granted(Levers::default().apply("-parallel_dirops").unwrap());
     assert!(!serial.intersects(both), "{serial:?}");
+    // READDIRPLUS, and by default only where the guest sees it pays
+    // (READDIRPLUS_AUTO); `always_plus` leaves the choice out.
+    let plus = FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO;
+    assert!(d.contains(plus), "{d:?}");
+    let always = granted(Levers::default().apply("+always_plus").unwrap());
+    assert!(always.contains(FsOptions::DO_READDIRPLUS), "{always:?}");
+    assert!(!always.contains(FsOptions::READDIRPLUS_AUTO), "{always:?}");
     // The read-only root keeps both, whatever the levers.
     let root = PolicyFs::system_root(passthrough(dir.path()), dir.path())
         .unwrap()
