@@ -29,7 +29,7 @@ qemu_release() {
         *"ok installed"*"~bpo12"*) ;;
         *) return 0 ;;
     esac
-    if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    if ! grep -rqsE "^[^#]*bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
         say "qemu-utils ${version##* } comes from bookworm-backports: adding that source for qemu-system"
         echo "deb http://deb.debian.org/debian bookworm-backports main" |
             "${sudo[@]}" tee /etc/apt/sources.list.d/hutch-bookworm-backports.list >/dev/null

@@ -234,6 +234,7 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
 
     if !kvm {
         // Without these the TCG guest keeps time in 4 ms jiffies (see tsc.rs).
+        // (qemu_args puts the TCG guest's other parameter, TCG_CMDLINE, first.)
         if let Some(khz) = super::tsc::host_tsc_khz() {
             spec.cmdline
                 .push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
