@@ -219,3 +219,35 @@ fn runs_on_the_cached_kernel_once_the_source_is_removed() {
         },
     );
 }
+
+per_engine!(
+    the_guest_keeps_time_without_calibrating_its_apic_timer,
+    |e: Engine| {
+        // With apic=verbose the kernel says "calibrating APIC timer" when it
+        // times the timer against the tick (about 220 ms under TCG). The qemu
+        // engine's TCG guest is told the clock (hutch_apic_khz, patch 0014);
+        // the native engine's CPU has a TSC-deadline timer. A clock given too
+        // high makes every timer late in proportion: 50 ms sleeps must not.
+        let ws = hutch_e2e::workspace();
+        let script = r#"dmesg | grep -i 'apic timer'; python3 -c '
+import select, time
+d = []
+for _ in range(5):
+    a = time.monotonic(); select.select([], [], [], 0.05); d.append(time.monotonic() - a)
+print("median_ms", round(sorted(d)[2] * 1000, 1))'"#;
+        let argv = [OsStr::new("sh"), OsStr::new("-c"), OsStr::new(script)];
+        let mut args = run_args(e, ws.path(), &argv);
+        args.splice(1..1, ["--kernel-arg".into(), "apic=verbose".into()]);
+        let o = Hutch::new(args).output(None);
+        assert_eq!(o.status, 0, "{}", o.stderr);
+        let out = o.stdout_str();
+        eprintln!("{out}");
+        assert!(!out.contains("calibrating APIC timer"), "{out}");
+        let ms: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("median_ms "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no median in {out}"));
+        assert!((49.0..90.0).contains(&ms), "a 50 ms sleep took {ms} ms");
+    }
+);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{run, BenchBootArgs};
 use crate::control::Phase;
-use crate::engine::{self, Resolved};
+use crate::engine;
 
 /// Runs the probe; prints `key=value` figures.
 pub fn main(args: BenchBootArgs, started: Instant) -> i32 {
@@ -22,7 +22,7 @@ pub fn main(args: BenchBootArgs, started: Instant) -> i32 {
 }
 
 fn probe(args: BenchBootArgs, started: Instant) -> Result<(), String> {
-    let mut vm = run::vm_spec(&args.run, Resolved::Native, started, None)?;
+    let mut vm = run::vm_spec(&args.run, started, None)?;
     vm.time_limit = Some(Duration::from_millis(args.guest_ms));
     vm.measure_rss = true;
     vm.forward_stdin = false;

@@ -121,11 +121,10 @@ fn run(args: SelftestArgs, started: Instant) -> Result<bool, String> {
     let kernel = match args.kernel {
         Some(k) => k,
         None => {
-            let k = crate::kernel::ensure().map_err(|e| e.to_string())?;
-            match engine {
-                Resolved::Native => k.vmlinux(),
-                Resolved::Qemu { .. } => k.bzimage(),
-            }
+            // Both engines boot the ELF through its PVH entry (see run.rs).
+            crate::kernel::ensure()
+                .map_err(|e| e.to_string())?
+                .vmlinux()
         }
     };
     let root = tempfile::Builder::new()

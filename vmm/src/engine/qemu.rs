@@ -65,16 +65,23 @@ pub struct FsSocket {
     pub queue: Option<u16>,
 }
 
-/// Kernel parameters for a TCG guest. QEMU's translator keeps the code it
-/// translated from a guest page until a guest CPU store reaches the page,
-/// and the vhost-user backends write file data straight into guest memory:
-/// a page cache page that held one binary's code, freed and filled by a
-/// READ with another's, could run the old code (a `ls` crashed this way
-/// after `echo 2 > /proc/sys/vm/drop_caches`, QEMU 10.0). hutch's guest
-/// kernel (patch 0013) then stores what each READ brought back over itself.
-/// It goes first, so that `--kernel-arg virtiofs.hutch_tcg_code=0` (which
-/// comes later) turns it off for a measurement.
-pub const TCG_CMDLINE: &str = "virtiofs.hutch_tcg_code=1";
+/// Kernel parameters for a TCG guest (hutch's guest kernel reads both):
+///
+/// - `virtiofs.hutch_tcg_code=1` (patch 0013). QEMU's translator keeps the
+///   code it translated from a guest page until a guest CPU store reaches
+///   the page, and the vhost-user backends write file data straight into
+///   guest memory: a page cache page that held one binary's code, freed and
+///   filled by a READ with another's, could run the old code (a `ls`
+///   crashed this way after `echo 2 > /proc/sys/vm/drop_caches`, QEMU
+///   10.0). The guest then stores what each READ brought back over itself.
+/// - `hutch_apic_khz=1000000` (patch 0014). TCG's CPU has no TSC-deadline
+///   timer, so the kernel would time its local APIC timer against the tick
+///   twice, 25 ticks each: about 220 ms of every boot. QEMU clocks the APIC
+///   at 1 GHz (`APIC_BUS_FREQUENCY`), so the guest takes that as given.
+///
+/// They go first, so that a `--kernel-arg` (which comes later) overrides
+/// them for a measurement.
+pub const TCG_CMDLINE: &str = "virtiofs.hutch_tcg_code=1 hutch_apic_khz=1000000";
 
 /// The QEMU command line for `spec`.
 pub fn qemu_args(
@@ -468,15 +475,15 @@ mod tests {
         let append = a.iter().position(|x| x == "-append").unwrap();
         assert_eq!(
             a[append + 1],
-            "virtiofs.hutch_tcg_code=1 console=ttyS0 reboot=t",
-            "cmdline is one argument, with the TCG guest's parameter"
+            "virtiofs.hutch_tcg_code=1 hutch_apic_khz=1000000 console=ttyS0 reboot=t",
+            "cmdline is one argument, with the TCG guest's parameters first"
         );
         let kvm_args = qemu_args(&spec(), true, None, &[], None);
         let append = kvm_args.iter().position(|x| x == "-append").unwrap();
         assert_eq!(
             kvm_args[append + 1],
             "console=ttyS0 reboot=t",
-            "KVM needs no store-back"
+            "KVM needs no store-back, and its CPU has a TSC-deadline timer"
         );
         let kvm = kvm_args.join(" ");
         assert!(kvm.contains("-accel kvm -cpu host"));

@@ -86,6 +86,12 @@ pub const RECIPE: &[(&str, &str)] = &[
             "../../../guest/kernel/patches/0013-virtiofs-tcg-stores-read-data-again.patch"
         ),
     ),
+    (
+        "patches/0014-x86-apic-timer-clock-from-the-command-line.patch",
+        include_str!(
+            "../../../guest/kernel/patches/0014-x86-apic-timer-clock-from-the-command-line.patch"
+        ),
+    ),
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[
@@ -191,11 +197,11 @@ pub struct KernelImages {
 }
 
 impl KernelImages {
-    /// ELF image with the PVH note (the native engine's default).
+    /// ELF image with the PVH note (what both engines boot by default).
     pub fn vmlinux(&self) -> PathBuf {
         self.dir.join("vmlinux")
     }
-    /// Compressed bzImage (the qemu engine's default).
+    /// Compressed bzImage (for `--kernel`, and plain QEMU in the boot benchmark).
     pub fn bzimage(&self) -> PathBuf {
         self.dir.join("bzImage")
     }

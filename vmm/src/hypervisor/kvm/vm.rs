@@ -3,7 +3,7 @@
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -13,6 +13,9 @@ use crate::hypervisor::{HvError, Vm};
 
 /// Where KVM keeps its TSS (three pages just below the MMIO gap's top).
 const KVM_TSS_ADDR: usize = 0xfffb_d000;
+
+/// CPUID leaf 1, ECX: the local APIC has a TSC-deadline timer mode.
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 
 /// A KVM VM.
 pub struct KvmVm {
@@ -50,12 +53,28 @@ impl KvmVm {
             .iter()
             .map(CpuidEntry::from)
             .collect();
+        let supported_cpuid =
+            with_tsc_deadline(supported_cpuid, kvm.check_extension(Cap::TscDeadlineTimer));
         Ok(Self {
             fd,
             supported_cpuid,
             _mem: mem.clone(),
         })
     }
+}
+
+/// Sets the TSC-deadline bit where KVM emulates the timer mode. KVM leaves it
+/// out of `KVM_GET_SUPPORTED_CPUID` and says so with
+/// `KVM_CAP_TSC_DEADLINE_TIMER` instead. A guest that sees it arms its timer
+/// by TSC value and skips timing the APIC timer against the tick at boot
+/// (two loops of 25 ticks: about 200 ms).
+fn with_tsc_deadline(mut leaves: Vec<CpuidEntry>, emulated: bool) -> Vec<CpuidEntry> {
+    if emulated {
+        for e in leaves.iter_mut().filter(|e| e.function == 1) {
+            e.ecx |= LEAF1_ECX_TSC_DEADLINE;
+        }
+    }
+    leaves
 }
 
 impl Vm for KvmVm {
@@ -103,5 +122,32 @@ impl VmX86_64 for KvmVm {
 
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>, HvError> {
         Ok(self.supported_cpuid.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tsc_deadline_is_set_only_where_kvm_emulates_it() {
+        let leaves = || {
+            vec![
+                CpuidEntry {
+                    function: 1,
+                    ecx: 0x8000_0001,
+                    ..Default::default()
+                },
+                CpuidEntry {
+                    function: 7,
+                    ..Default::default()
+                },
+            ]
+        };
+        let on = with_tsc_deadline(leaves(), true);
+        assert_eq!(on[0].ecx, 0x8000_0001 | LEAF1_ECX_TSC_DEADLINE);
+        assert_eq!(on[1].ecx, 0, "other leaves untouched");
+        let off = with_tsc_deadline(leaves(), false);
+        assert_eq!(off[0].ecx, 0x8000_0001);
     }
 }
