@@ -9,9 +9,11 @@
 #              no FUSE at all, so it is the floor under hutch and virtiofsd,
 #              the guest's own cost; the table then shows how much each
 #              server's way costs above it;
-#   hutch-b    only with HUTCH_B_LEVERS set: hutch again, with those levers
-#              (HUTCH_FS_LEVERS syntax, docs/fs-levers.md), so a lever's effect
-#              is measured in the same run; the table adds hutch-b ÷ hutch.
+#   hutch-b    only with HUTCH_B_LEVERS or HUTCH_B_KERNEL_ARGS set: hutch
+#              again, with those levers (HUTCH_FS_LEVERS syntax,
+#              docs/fs-levers.md) and/or guest kernel parameters (say
+#              "virtiofs.hutch_poll_us=300"), so their effect is measured in
+#              the same run; the table adds hutch-b ÷ hutch.
 # Ways alternate within each round; the table shows medians over rounds.
 #   benches/fs3way.sh [ROUNDS]       (VIRTIOFSD=path to skip installing it)
 #   HUTCH_B_LEVERS=irq_window=10 FS3WAY_WAYS="hutch hutch-b" benches/fs3way.sh 4
@@ -62,12 +64,16 @@ fresh() {
     git -C "$ws/repo" status --porcelain >/dev/null # refresh the index's stat data
     sync
 }
-guest() { "$T/hutch" run --engine "$1" --memory 2G --cpus 2 "$ws" -- sh workloads.sh --drop-caches; }
+guest() {
+    local engine=$1
+    shift # the rest: extra `hutch run` options
+    "$T/hutch" run --engine "$engine" --memory 2G --cpus 2 "$@" "$ws" -- sh workloads.sh --drop-caches
+}
 way() {
     case $1 in
     host) (cd "$ws" && sh workloads.sh) ;;
     hutch) guest qemu ;;
-    hutch-b) HUTCH_FS_LEVERS=$HUTCH_B_LEVERS guest qemu ;;
+    hutch-b) HUTCH_FS_LEVERS=${HUTCH_B_LEVERS:-} guest qemu "${bkargs[@]}" ;;
     native) guest native ;;
     guest-tmpfs)
         # The copy and the index refresh (new inode numbers) are not timed.
@@ -90,16 +96,20 @@ way() {
 
 # VIRTIOFSD_ARGS adds arguments to virtiofsd's (say "--thread-pool-size=4").
 read -r -a vextra <<<"${VIRTIOFSD_ARGS:-}"
+# HUTCH_B_KERNEL_ARGS: guest kernel parameters for the hutch-b way only.
+bkargs=()
+for k in ${HUTCH_B_KERNEL_ARGS:-}; do bkargs+=(--kernel-arg "$k"); done
+hutch_b=${HUTCH_B_LEVERS:-}${HUTCH_B_KERNEL_ARGS:-}
 # FS3WAY_WAYS picks ways (say "hutch hutch-b" to time a lever alone).
 read -r -a ways <<<"${FS3WAY_WAYS:-host hutch virtiofsd guest-tmpfs}"
 if [ -z "${FS3WAY_WAYS:-}" ]; then
     if grep -qE '^kvm_(intel|amd) ' /proc/modules 2>/dev/null; then ways+=(native); fi
-    if [ -n "${HUTCH_B_LEVERS:-}" ]; then ways+=(hutch-b); fi
+    if [ -n "$hutch_b" ]; then ways+=(hutch-b); fi
 fi
 for w in "${ways[@]}"; do
     case $w in
     host | hutch | virtiofsd | native | guest-tmpfs) ;;
-    hutch-b) [ -n "${HUTCH_B_LEVERS:-}" ] || { say "hutch-b needs HUTCH_B_LEVERS"; exit 2; } ;;
+    hutch-b) [ -n "$hutch_b" ] || { say "hutch-b needs HUTCH_B_LEVERS or HUTCH_B_KERNEL_ARGS"; exit 2; } ;;
     *) say "unknown way $w (host, hutch, virtiofsd, guest-tmpfs, native, hutch-b)"; exit 2 ;;
     esac
 done

@@ -78,10 +78,17 @@ pub struct FsSocket {
 ///   timer, so the kernel would time its local APIC timer against the tick
 ///   twice, 25 ticks each: about 220 ms of every boot. QEMU clocks the APIC
 ///   at 1 GHz (`APIC_BUS_FREQUENCY`), so the guest takes that as given.
+/// - `virtiofs.hutch_poll_us=300` (patch 0010's watch, 100 µs by default).
+///   A TCG guest with 2 vCPUs on a 2-core host often waited past 100 µs for
+///   an answer (the backend had no free core), and each watch that ran out
+///   sent the next callers to sleep: 1,000 unlinks took 25 ms in most rounds
+///   and 50–150 ms in some. With 300 µs, 60 rounds had one over 50 ms
+///   instead of six, and no loop's median moved (docs/fs-levers.md).
 ///
 /// They go first, so that a `--kernel-arg` (which comes later) overrides
 /// them for a measurement.
-pub const TCG_CMDLINE: &str = "virtiofs.hutch_tcg_code=1 hutch_apic_khz=1000000";
+pub const TCG_CMDLINE: &str =
+    "virtiofs.hutch_tcg_code=1 hutch_apic_khz=1000000 virtiofs.hutch_poll_us=300";
 
 /// The QEMU command line for `spec`.
 pub fn qemu_args(
@@ -475,7 +482,8 @@ mod tests {
         let append = a.iter().position(|x| x == "-append").unwrap();
         assert_eq!(
             a[append + 1],
-            "virtiofs.hutch_tcg_code=1 hutch_apic_khz=1000000 console=ttyS0 reboot=t",
+            "virtiofs.hutch_tcg_code=1 hutch_apic_khz=1000000 virtiofs.hutch_poll_us=300 \
+             console=ttyS0 reboot=t",
             "cmdline is one argument, with the TCG guest's parameters first"
         );
         let kvm_args = qemu_args(&spec(), true, None, &[], None);
