@@ -65,7 +65,7 @@ pub struct FsSocket {
     pub queue: Option<u16>,
 }
 
-/// Kernel parameters for a TCG guest (hutch's guest kernel reads both):
+/// Kernel parameters for a TCG guest (hutch's guest kernel reads all three):
 ///
 /// - `virtiofs.hutch_tcg_code=1` (patch 0013). QEMU's translator keeps the
 ///   code it translated from a guest page until a guest CPU store reaches
@@ -248,7 +248,7 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
 
     if !kvm {
         // Without these the TCG guest keeps time in 4 ms jiffies (see tsc.rs).
-        // (qemu_args puts the TCG guest's other parameter, TCG_CMDLINE, first.)
+        // (qemu_args puts the TCG guest's other parameters, TCG_CMDLINE, first.)
         if let Some(khz) = super::tsc::host_tsc_khz() {
             spec.cmdline
                 .push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
