@@ -92,6 +92,12 @@ pub const RECIPE: &[(&str, &str)] = &[
             "../../../guest/kernel/patches/0014-x86-apic-timer-clock-from-the-command-line.patch"
         ),
     ),
+    (
+        "patches/0015-x86-fpu-no-fwait-when-a-kernel-thread-exits.patch",
+        include_str!(
+            "../../../guest/kernel/patches/0015-x86-fpu-no-fwait-when-a-kernel-thread-exits.patch"
+        ),
+    ),
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[
