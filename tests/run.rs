@@ -251,3 +251,46 @@ print("median_ms", round(sorted(d)[2] * 1000, 1))'"#;
         assert!((49.0..90.0).contains(&ms), "a 50 ms sleep took {ms} ms");
     }
 );
+
+#[test]
+fn timings_show_the_qemu_engines_steps_in_order() {
+    // `--timings` on the qemu engine: hutch's own start-up, QEMU, the guest's
+    // first frame and exit status, and the teardown, in the order they happen.
+    hutch_e2e::on_engine(
+        "run::timings_show_the_qemu_engines_steps_in_order",
+        Engine::Qemu,
+        |e| {
+            let ws = hutch_e2e::workspace();
+            let argv = [OsStr::new("true")];
+            let mut args = run_args(e, ws.path(), &argv);
+            args.insert(1, "--timings".into());
+            let o = Hutch::new(args).output(None);
+            assert_eq!(o.status, 0, "{}", o.stderr);
+            let steps = [
+                "command line parsed",
+                "fs backends serving",
+                "QEMU started",
+                "guest init's first frame",
+                "guest's exit status",
+                "QEMU exited",
+                "fs backends finished",
+                "end",
+            ];
+            let mut last = 0.0;
+            for step in steps {
+                let ms: f64 = o
+                    .stderr
+                    .lines()
+                    .find_map(|l| l.trim().strip_suffix(step)?.trim().strip_suffix("ms"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no `{step}` in:\n{}", o.stderr));
+                assert!(
+                    ms >= last,
+                    "`{step}` at {ms} ms, before {last}:\n{}",
+                    o.stderr
+                );
+                last = ms;
+            }
+        },
+    );
+}

@@ -39,6 +39,11 @@ impl ReadyGate {
         self.0 .1.notify_all();
     }
 
+    /// True once the gate has opened.
+    pub fn is_open(&self) -> bool {
+        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Waits until the gate opens (true) or `give_up` says so (false).
     pub fn wait(&self, give_up: &dyn Fn() -> bool) -> bool {
         let mut open = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
@@ -295,10 +300,12 @@ mod tests {
         assert!(!gate.wait(&|| true));
         c.feed(b"console text only\r\n");
         assert!(!gate.wait(&|| true));
+        assert!(!gate.is_open());
         let g2 = gate.clone();
         let waiter = std::thread::spawn(move || g2.wait(&|| false));
         c.feed(&Frame::encode(FrameKind::Stdout, &[]));
         assert!(waiter.join().unwrap());
+        assert!(gate.is_open());
     }
 
     #[test]

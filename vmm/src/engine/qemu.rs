@@ -15,6 +15,7 @@ use hutch_proto::{Frame, FrameKind};
 use super::console::{pump_stdin, HostConsole};
 use super::fs_backend::FsBackend;
 use super::{detect, EngineError, VmOutcome, VmSpec};
+use crate::control::mark_early;
 use crate::control::StopReason;
 use crate::devices::virtio::fs::{Levers, SharePolicy, DEFAULT_QUEUE};
 use crate::devices::virtio::vsock::{serve_vhost_user_vsock, VsockConfig, VsockDevice};
@@ -193,6 +194,9 @@ fn external_backend(sock: &Path) -> Result<PathBuf, EngineError> {
 /// Boots `spec` under QEMU; `kvm` selects `-accel kvm` over TCG.
 pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     let qemu = detect::find_qemu().ok_or(EngineError::NoQemu)?;
+    // A TCG guest is told the host's TSC rate, measured over 4 ms while the
+    // backends start.
+    let tsc = (!kvm).then(|| std::thread::spawn(super::tsc::host_tsc_khz));
     let rt = RuntimeDir::new()?;
 
     let mut sockets = Vec::new();
@@ -223,6 +227,7 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     for b in &mut backends {
         b.wait_ready()?;
     }
+    mark_early("fs backends serving");
     // The device (and its host socket) lives until this function returns.
     let mut vsock_dev = None;
     let mut vsock_backend = None;
@@ -246,13 +251,11 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
         None => None,
     };
 
-    if !kvm {
-        // Without these the TCG guest keeps time in 4 ms jiffies (see tsc.rs).
-        // (qemu_args puts the TCG guest's other parameters, TCG_CMDLINE, first.)
-        if let Some(khz) = super::tsc::host_tsc_khz() {
-            spec.cmdline
-                .push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
-        }
+    // Without these the TCG guest keeps time in 4 ms jiffies (see tsc.rs).
+    // (qemu_args puts the TCG guest's other parameters, TCG_CMDLINE, first.)
+    if let Some(khz) = tsc.and_then(|t| t.join().ok().flatten()) {
+        spec.cmdline
+            .push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
     }
     let args = qemu_args(
         &spec,
@@ -284,6 +287,7 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
         source,
     })?;
     let pid = child.id() as libc::pid_t;
+    mark_early("QEMU started");
 
     let killed = Arc::new(AtomicBool::new(false));
     let stop_reason: Arc<Mutex<Option<StopReason>>> = Arc::new(Mutex::new(None));
@@ -337,6 +341,7 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     let stdin = child.stdin.take().expect("piped stdin");
     let forward = spec.forward_stdin;
     let gate = console.ready_gate();
+    let init_ready = console.ready_gate();
     let finished = Arc::new(AtomicBool::new(false));
     {
         let watched = backends
@@ -370,6 +375,7 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     let mut out = child.stdout.take().expect("piped stdout");
     let mut buf = vec![0u8; 64 * 1024];
     let mut first = true;
+    let (mut ready_seen, mut report_seen) = (false, false);
     loop {
         match out.read(&mut buf) {
             Ok(0) => break,
@@ -381,6 +387,14 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
                     first = false;
                 }
                 console.feed(&buf[..n]);
+                if !ready_seen && init_ready.is_open() {
+                    ready_seen = true;
+                    mark_early("guest init's first frame");
+                }
+                if !report_seen && console.report().is_some() {
+                    report_seen = true;
+                    mark_early("guest's exit status");
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
@@ -388,8 +402,10 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     }
     finished.store(true, Ordering::SeqCst);
     let status = wait(&mut child);
+    mark_early("QEMU exited");
     let _ = stderr_thread.join();
     let fs_stats: Vec<String> = backends.into_iter().map(FsBackend::finish).collect();
+    mark_early("fs backends finished");
     if let Some(b) = vsock_backend {
         let _ = b.join();
     }
@@ -419,7 +435,7 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
         stop,
         console_tail: console.console_tail(30),
         panicked: console.saw_panic(),
-        phases: Vec::new(),
+        phases: crate::control::early_marks(spec.started),
         vmm_rss_kib: None,
         fs_stats: if spec.fs_stats {
             fs_stats.into_iter().filter(|s| !s.is_empty()).collect()
