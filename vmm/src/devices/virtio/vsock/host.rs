@@ -3,7 +3,7 @@
 //! file when hutch ends, even when it is killed.
 
 use std::ffi::CString;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -124,8 +124,11 @@ pub fn spawn_loop(
 /// Removes the socket file when hutch ends: on drop, and, through a small
 /// child process that waits for hutch's end of a pipe to close, also when
 /// hutch is killed (the child ignores the terminal's signals, and unlinks
-/// the path only if it is still the same file). A SIGKILL of the child's
-/// process group itself leaves the file; the next bind replaces it.
+/// the path only if it is still the same file). A drop removes the file
+/// itself and tells the child so with a byte on the pipe: a file created at
+/// the path after that, which may reuse the socket's inode number, is left
+/// alone. A SIGKILL of the child's process group itself leaves the file;
+/// the next bind replaces it.
 pub struct SocketGuard {
     path: std::path::PathBuf,
     ino: (u64, u64),
@@ -153,6 +156,11 @@ impl Drop for SocketGuard {
             .unwrap_or(false);
         if same {
             let _ = std::fs::remove_file(&self.path);
+        }
+        if let Some(pipe) = self._pipe.take() {
+            // The file is gone (or not ours): the child must not unlink
+            // whatever comes next at the path.
+            let _ = std::fs::File::from(pipe).write_all(&[1]);
         }
     }
 }
@@ -182,12 +190,16 @@ fn spawn_reaper(path: &Path, ino: (u64, u64)) -> Option<OwnedFd> {
             }
             libc::prctl(libc::PR_SET_NAME, c"hutch-vsock-gc".as_ptr());
             let mut b = 0u8;
-            loop {
+            let r = loop {
                 let r = libc::read(rfd, (&mut b as *mut u8).cast(), 1);
                 if r < 0 && *libc::__errno_location() == libc::EINTR {
                     continue;
                 }
-                break;
+                break r;
+            };
+            if r == 1 {
+                // hutch's drop removed the file itself.
+                libc::_exit(0);
             }
             let mut st: libc::stat = std::mem::zeroed();
             if libc::stat(cpath.as_ptr(), &mut st) == 0 && (st.st_dev, st.st_ino) == (ino.0, ino.1)
@@ -214,4 +226,27 @@ fn reap_later(pid: libc::pid_t) {
             // SAFETY: waitpid on our own child, with a valid status pointer.
             unsafe { libc::waitpid(pid, &mut status, 0) };
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn the_watcher_removes_the_socket_when_hutch_dies() {
+        // A killed hutch runs no drop: its end of the pipe just closes, with
+        // no byte sent, and the watcher process unlinks the socket file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let _listener = UnixListener::bind(&path).unwrap();
+        let mut guard = SocketGuard::new(&path);
+        drop(guard._pipe.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while path.exists() {
+            assert!(Instant::now() < deadline, "the watcher left the socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }

@@ -474,6 +474,28 @@ fn the_socket_file_is_removed_and_a_stale_one_replaced() {
 }
 
 #[test]
+fn a_file_at_the_path_after_a_clean_end_is_left_alone() {
+    // The guard's drop removes the socket file; its watcher process must not
+    // then unlink whatever comes next at the path, even a file with the
+    // socket's inode number (ext4 reuses them): here, the very same inode,
+    // linked back from a second name.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.sock");
+    let keep = dir.path().join("keep");
+    let _listener = UnixListener::bind(&path).unwrap();
+    std::fs::hard_link(&path, &keep).unwrap();
+    let guard = super::SocketGuard::new(&path);
+    drop(guard);
+    assert!(!path.exists(), "the drop removes the socket file");
+    std::fs::rename(&keep, &path).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        path.exists(),
+        "the watcher unlinked a file made after the drop"
+    );
+}
+
+#[test]
 fn a_device_reset_ends_every_connection() {
     let mem = memory();
     let mut g = Guest::new(&mem, 16);
