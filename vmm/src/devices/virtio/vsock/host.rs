@@ -132,7 +132,7 @@ pub fn spawn_loop(
 pub struct SocketGuard {
     path: std::path::PathBuf,
     ino: (u64, u64),
-    _pipe: Option<OwnedFd>,
+    pipe: Option<OwnedFd>,
 }
 
 impl SocketGuard {
@@ -144,7 +144,7 @@ impl SocketGuard {
         Self {
             path: path.into(),
             ino,
-            _pipe: pipe,
+            pipe,
         }
     }
 }
@@ -157,7 +157,7 @@ impl Drop for SocketGuard {
         if same {
             let _ = std::fs::remove_file(&self.path);
         }
-        if let Some(pipe) = self._pipe.take() {
+        if let Some(pipe) = self.pipe.take() {
             // The file is gone (or not ours): the child must not unlink
             // whatever comes next at the path.
             let _ = std::fs::File::from(pipe).write_all(&[1]);
@@ -242,7 +242,7 @@ mod tests {
         let path = dir.path().join("v.sock");
         let _listener = UnixListener::bind(&path).unwrap();
         let mut guard = SocketGuard::new(&path);
-        drop(guard._pipe.take());
+        drop(guard.pipe.take());
         let deadline = Instant::now() + Duration::from_secs(10);
         while path.exists() {
             assert!(Instant::now() < deadline, "the watcher left the socket");
