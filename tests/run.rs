@@ -253,6 +253,63 @@ print("median_ms", round(sorted(d)[2] * 1000, 1))'"#;
 );
 
 #[test]
+fn secondary_vcpus_take_the_preset_delay_loop() {
+    // The qemu engine passes lpj= (TSC cycles per tick, from the host's TSC
+    // and the kernel's CONFIG_HZ). Without it each secondary vCPU of the TCG
+    // guest timed its delay loop against the tick, about 70 ms each, and
+    // came out with a BogoMIPS of its own.
+    hutch_e2e::on_engine(
+        "run::secondary_vcpus_take_the_preset_delay_loop",
+        Engine::Qemu,
+        |e| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if cpus < 2 {
+                hutch_e2e::report(
+                    "run::secondary_vcpus_take_the_preset_delay_loop",
+                    "SKIPPED (this host has one CPU; the test needs a guest of two)",
+                );
+                return;
+            }
+            let kernel = Hutch::new(["kernel", "path"]).output(None);
+            assert_eq!(kernel.status, 0, "{}", kernel.stderr);
+            let config = std::path::Path::new(kernel.stdout_str().trim()).join("config");
+            let config = std::fs::read_to_string(&config).unwrap();
+            let hz: u64 = config
+                .lines()
+                .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+                .and_then(|v| v.parse().ok())
+                .expect("CONFIG_HZ in the kernel's config");
+
+            let ws = hutch_e2e::workspace();
+            let script = "cat /proc/cmdline; dmesg | grep -i 'calibrating delay'; \
+                          grep -i '^bogomips' /proc/cpuinfo";
+            let argv = [OsStr::new("sh"), OsStr::new("-c"), OsStr::new(script)];
+            let mut args = run_args(e, ws.path(), &argv);
+            let at = args.iter().position(|a| a == "--cpus").unwrap() + 1;
+            args[at] = "2".into();
+            let o = Hutch::new(args).output(None);
+            assert_eq!(o.status, 0, "{}", o.stderr);
+            let out = o.stdout_str();
+            eprintln!("{out}");
+            let param = |name: &str| -> u64 {
+                out.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no {name} on the command line:\n{out}"))
+            };
+            assert!(out.contains("(skipped) preset value"), "{out}");
+            let bogomips: Vec<&str> = out.lines().filter(|l| l.starts_with("bogomips")).collect();
+            assert_eq!(bogomips.len(), 2, "two vCPUs:\n{out}");
+            assert_eq!(
+                bogomips[0], bogomips[1],
+                "each vCPU calibrated its own:\n{out}"
+            );
+            assert_eq!(param("lpj="), param("tsc_early_khz=") * 1000 / hz, "{out}");
+        },
+    );
+}
+
+#[test]
 fn timings_show_the_qemu_engines_steps_in_order() {
     // `--timings` on the qemu engine: hutch's own start-up, QEMU, the guest's
     // first frame and exit status, and the teardown, in the order they happen.

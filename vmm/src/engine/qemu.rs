@@ -196,7 +196,9 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     let qemu = detect::find_qemu().ok_or(EngineError::NoQemu)?;
     // A TCG guest is told the host's TSC rate, measured over 4 ms while the
     // backends start.
-    let tsc = (!kvm).then(|| std::thread::spawn(super::tsc::host_tsc_khz));
+    let kernel = spec.kernel.clone();
+    let tsc =
+        (!kvm).then(|| std::thread::spawn(move || super::tsc::measure_guest_clock_args(&kernel)));
     let rt = RuntimeDir::new()?;
 
     let mut sockets = Vec::new();
@@ -251,11 +253,12 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
         None => None,
     };
 
-    // Without these the TCG guest keeps time in 4 ms jiffies (see tsc.rs).
-    // (qemu_args puts the TCG guest's other parameters, TCG_CMDLINE, first.)
-    if let Some(khz) = tsc.and_then(|t| t.join().ok().flatten()) {
-        spec.cmdline
-            .push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+    // Without these the TCG guest keeps time in 4 ms jiffies and each
+    // secondary vCPU calibrates its delay loop (see tsc.rs). They go before
+    // the `--kernel-arg`s, which can override them (`lpj=0` brings the
+    // calibration back), and after TCG_CMDLINE, which qemu_args puts first.
+    if let Some(args) = tsc.and_then(|t| t.join().ok().flatten()) {
+        spec.cmdline = format!("{args} {}", spec.cmdline);
     }
     let args = qemu_args(
         &spec,

@@ -6,7 +6,16 @@
 //! steps, and every timing taken inside the guest is that coarse. Measuring
 //! the host's TSC against `CLOCK_MONOTONIC_RAW` for a few milliseconds and
 //! passing it as `tsc_early_khz` gives the guest a nanosecond clock.
+//!
+//! The same measurement spares each secondary vCPU its delay-loop
+//! calibration. The boot CPU derives `loops_per_jiffy` from the TSC rate,
+//! but a secondary CPU reuses it only when the CPU reports a constant TSC,
+//! which QEMU's TCG CPU does not: each one then timed its delay loop against
+//! the tick (`calibrate_delay_direct`), about 70 ms per vCPU under TCG.
+//! `lpj=` presets the value for every CPU: TSC cycles per tick, the rate
+//! divided by the kernel's `CONFIG_HZ`.
 
+use std::path::Path;
 use std::time::Duration;
 
 /// How long the measurement runs: about 1 µs of error (clock reads) over
@@ -52,9 +61,74 @@ fn khz(cycles: u64, ns: u128) -> Option<u64> {
     (10_000..=10_000_000).contains(&khz).then_some(khz)
 }
 
+/// `CONFIG_HZ` of the kernel at `kernel`, from the `config` beside it
+/// (hutch's kernel cache keeps `vmlinux`, `bzImage` and `config` together).
+/// `None` for a kernel without one, such as a `--kernel` built elsewhere.
+pub fn kernel_hz(kernel: &Path) -> Option<u64> {
+    let config = std::fs::read_to_string(kernel.with_file_name("config")).ok()?;
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|hz| (24..=10_000).contains(hz))
+}
+
+/// The kernel parameters that give a guest the host's TSC rate `khz`:
+/// the early TSC calibration, and with the kernel's tick rate `hz`, every
+/// CPU's delay-loop value (`lpj`).
+pub fn guest_clock_args(khz: u64, hz: Option<u64>) -> String {
+    let mut args = format!("tsc_early_khz={khz} tsc=reliable");
+    if let Some(hz) = hz {
+        args.push_str(&format!(" lpj={}", khz * 1000 / hz));
+    }
+    args
+}
+
+/// Measures the host's TSC and returns [`guest_clock_args`] for `kernel`.
+pub fn measure_guest_clock_args(kernel: &Path) -> Option<String> {
+    let khz = host_tsc_khz()?;
+    Some(guest_clock_args(khz, kernel_hz(kernel)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lpj_is_tsc_cycles_per_tick() {
+        assert_eq!(
+            guest_clock_args(2_596_068, Some(250)),
+            "tsc_early_khz=2596068 tsc=reliable lpj=10384272"
+        );
+        assert_eq!(
+            guest_clock_args(3_000_000, Some(1000)),
+            "tsc_early_khz=3000000 tsc=reliable lpj=3000000"
+        );
+        assert_eq!(
+            guest_clock_args(2_596_068, None),
+            "tsc_early_khz=2596068 tsc=reliable",
+            "no tick rate, no lpj"
+        );
+    }
+
+    #[test]
+    fn the_tick_rate_comes_from_the_config_beside_the_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"elf").unwrap();
+        assert_eq!(kernel_hz(&kernel), None, "no config");
+        let config = dir.path().join("config");
+        std::fs::write(
+            &config,
+            "# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n",
+        )
+        .unwrap();
+        assert_eq!(kernel_hz(&kernel), Some(250));
+        std::fs::write(&config, "CONFIG_HZ=0\n").unwrap();
+        assert_eq!(kernel_hz(&kernel), None, "a zero rate is no rate");
+        std::fs::write(&config, "CONFIG_HZ=fast\n").unwrap();
+        assert_eq!(kernel_hz(&kernel), None);
+    }
 
     #[test]
     fn khz_from_cycles_and_time() {
