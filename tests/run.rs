@@ -253,16 +253,17 @@ print("median_ms", round(sorted(d)[2] * 1000, 1))'"#;
 );
 
 per_engine!(
-    a_guest_above_4_gib_keeps_no_bounce_buffer_and_its_io_works,
+    a_guest_above_4_gib_keeps_no_bounce_buffer_or_outsized_hashes,
     |e: Engine| {
         // With memory above 4 GiB and no IOMMU the guest kernel would zero a
         // 64 MiB software-IOTLB bounce buffer at boot (~115 ms under TCG).
         // hutch's devices never bounce (swiotlb=noforce): file data above
-        // 4 GiB still travels through virtio-fs, both ways.
+        // 4 GiB still travels through virtio-fs, both ways. The dentry and
+        // inode hash tables are capped (cli/size.rs).
         let ws = hutch_e2e::workspace();
         let data: Vec<u8> = (0..48u32 << 20).map(|i| (i % 251) as u8).collect();
         std::fs::write(ws.path().join("in.bin"), &data).unwrap();
-        let script = "dmesg | grep -i 'software io tlb'; \
+        let script = "dmesg | grep -iE 'software io tlb|(dentry|inode).cache hash'; \
                       cat in.bin > /tmp/copy.bin && cat /tmp/copy.bin > out.bin && \
                       cmp in.bin out.bin && echo same; \
                       grep MemTotal /proc/meminfo";
@@ -279,6 +280,15 @@ per_engine!(
             "a bounce buffer was set up:\n{out}"
         );
         assert!(out.contains("same"), "{out}");
+        // The kernel would give a 5 GiB guest 1Mi dentry buckets.
+        assert!(
+            out.contains("Dentry cache hash table entries: 524288 "),
+            "{out}"
+        );
+        assert!(
+            out.contains("Inode-cache hash table entries: 262144 "),
+            "{out}"
+        );
         let kib: u64 = out
             .lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))

@@ -281,6 +281,10 @@ pub fn vm_spec(
         "loglevel=1"
     };
     let mut cmdline = format!("{BASE_CMDLINE} {loglevel}");
+    if let Some(caps) = size::hash_table_caps(memory) {
+        cmdline.push(' ');
+        cmdline.push_str(caps);
+    }
     for a in &args.kernel_args {
         cmdline.push(' ');
         cmdline.push_str(a);
