@@ -10,6 +10,7 @@
 pub mod console;
 pub mod detect;
 pub mod fs_backend;
+pub mod guest_ram;
 pub mod initramfs;
 pub mod native;
 pub mod qemu;

@@ -14,6 +14,7 @@ use hutch_proto::{Frame, FrameKind};
 
 use super::console::{pump_stdin, HostConsole};
 use super::fs_backend::FsBackend;
+use super::guest_ram::GuestRam;
 use super::{detect, EngineError, VmOutcome, VmSpec};
 use crate::control::mark_early;
 use crate::control::StopReason;
@@ -91,13 +92,15 @@ pub struct FsSocket {
 pub const TCG_CMDLINE: &str =
     "virtiofs.hutch_tcg_code=1 hutch_apic_khz=1000000 virtiofs.hutch_poll_us=300";
 
-/// The QEMU command line for `spec`.
+/// The QEMU command line for `spec`. `ram`: the path of a memfd of hutch's
+/// for guest memory (guest_ram.rs); without one QEMU makes its own.
 pub fn qemu_args(
     spec: &VmSpec,
     kvm: bool,
     initrd: Option<&Path>,
     sockets: &[FsSocket],
     vsock: Option<&Path>,
+    ram: Option<&str>,
 ) -> Vec<String> {
     let mem_mib = spec.memory >> 20;
     let mut a: Vec<String> = vec![
@@ -106,7 +109,12 @@ pub fn qemu_args(
         "-m".into(),
         format!("{mem_mib}M"),
         "-object".into(),
-        format!("memory-backend-memfd,id=mem,size={mem_mib}M,share=on"),
+        match ram {
+            Some(path) => {
+                format!("memory-backend-file,id=mem,size={mem_mib}M,mem-path={path},share=on")
+            }
+            None => format!("memory-backend-memfd,id=mem,size={mem_mib}M,share=on"),
+        },
         "-smp".into(),
         spec.cpus.to_string(),
         "-nodefaults".into(),
@@ -260,12 +268,20 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
     if let Some(args) = tsc.and_then(|t| t.join().ok().flatten()) {
         spec.cmdline = format!("{args} {}", spec.cmdline);
     }
+    // Guest memory is a memfd of hutch's, whose tail is allocated while
+    // QEMU starts (guest_ram.rs); QEMU makes its own if this fails.
+    let ram = GuestRam::new(spec.memory)
+        .inspect_err(|e| log::debug!("{e}; QEMU allocates guest memory itself"))
+        .ok();
+    let ram_path = ram.as_ref().map(GuestRam::qemu_path);
+    let ram_fd = ram.as_ref().map(GuestRam::raw_fd);
     let args = qemu_args(
         &spec,
         kvm,
         initrd_path.as_deref(),
         &sockets,
         vsock_sock.as_deref(),
+        ram_path.as_deref(),
     );
     let mut cmd = Command::new(&qemu);
     cmd.args(&args)
@@ -273,14 +289,21 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (setpgid, prctl).
+    // async-signal-safe calls (setpgid, prctl, fcntl).
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             // Own process group: a terminal's Ctrl-C reaches hutch, which then
             // tears QEMU down; and QEMU dies with hutch, even on SIGKILL.
             libc::setpgid(0, 0);
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // QEMU inherits the guest memory's memfd (only QEMU: it is
+            // close-on-exec in hutch and every other child).
+            if let Some(fd) = ram_fd {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         })
@@ -289,6 +312,7 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
         what: format!("starting {}", qemu.display()),
         source,
     })?;
+    let _ram_tail = ram.map(GuestRam::allocate_tail);
     let pid = child.id() as libc::pid_t;
     mark_early("QEMU started");
 
@@ -487,10 +511,16 @@ mod tests {
             Some(Path::new("/r/initrd.cpio")),
             &socks,
             None,
+            None,
         );
         let joined = a.join(" ");
         assert!(joined.contains("-M microvm,acpi=off,memory-backend=mem"));
         assert!(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
+        let own = qemu_args(&spec(), false, None, &[], None, Some("/proc/self/fd/9")).join(" ");
+        assert!(
+            own.contains("memory-backend-file,id=mem,size=512M,mem-path=/proc/self/fd/9,share=on")
+        );
+        assert!(!own.contains("memory-backend-memfd"));
         assert!(joined.contains("-m 512M"));
         assert!(joined.contains("-smp 2"));
         assert!(joined.contains("-accel tcg,thread=multi"));
@@ -505,7 +535,7 @@ mod tests {
              console=ttyS0 reboot=t",
             "cmdline is one argument, with the TCG guest's parameters first"
         );
-        let kvm_args = qemu_args(&spec(), true, None, &[], None);
+        let kvm_args = qemu_args(&spec(), true, None, &[], None, None);
         let append = kvm_args.iter().position(|x| x == "-append").unwrap();
         assert_eq!(
             kvm_args[append + 1],
@@ -516,7 +546,15 @@ mod tests {
         assert!(kvm.contains("-accel kvm -cpu host"));
         assert!(!kvm.contains("-initrd"));
         assert!(!kvm.contains("vsock"), "no vsock device unless asked for");
-        let v = qemu_args(&spec(), true, None, &[], Some(Path::new("/r/vsock.sock"))).join(" ");
+        let v = qemu_args(
+            &spec(),
+            true,
+            None,
+            &[],
+            Some(Path::new("/r/vsock.sock")),
+            None,
+        )
+        .join(" ");
         assert!(v.contains("-chardev socket,id=vsock0,path=/r/vsock.sock"));
         assert!(v.contains("-device vhost-user-vsock-device,chardev=vsock0"));
     }
