@@ -267,14 +267,7 @@ per_engine!(
                       cat in.bin > /tmp/copy.bin && cat /tmp/copy.bin > out.bin && \
                       cmp in.bin out.bin && echo same; \
                       grep MemTotal /proc/meminfo";
-        let argv = [OsStr::new("sh"), OsStr::new("-c"), OsStr::new(script)];
-        let mut args = run_args(e, ws.path(), &argv);
-        let at = args.iter().position(|a| a == "--memory").unwrap() + 1;
-        args[at] = "5G".into();
-        let o = Hutch::new(args).output(None);
-        assert_eq!(o.status, 0, "{}", o.stderr);
-        let out = o.stdout_str();
-        eprintln!("{out}");
+        let out = hutch_e2e::run_sh(e, ws.path(), script, &[("--memory", "5G")]);
         assert!(
             !out.contains("mapped ["),
             "a bounce buffer was set up:\n{out}"
@@ -330,14 +323,7 @@ fn secondary_vcpus_take_the_preset_delay_loop() {
             let ws = hutch_e2e::workspace();
             let script = "cat /proc/cmdline; dmesg | grep -i 'calibrating delay'; \
                           grep -i '^bogomips' /proc/cpuinfo";
-            let argv = [OsStr::new("sh"), OsStr::new("-c"), OsStr::new(script)];
-            let mut args = run_args(e, ws.path(), &argv);
-            let at = args.iter().position(|a| a == "--cpus").unwrap() + 1;
-            args[at] = "2".into();
-            let o = Hutch::new(args).output(None);
-            assert_eq!(o.status, 0, "{}", o.stderr);
-            let out = o.stdout_str();
-            eprintln!("{out}");
+            let out = hutch_e2e::run_sh(e, ws.path(), script, &[("--cpus", "2")]);
             let param = |name: &str| -> u64 {
                 out.split_whitespace()
                     .find_map(|w| w.strip_prefix(name))

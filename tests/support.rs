@@ -227,6 +227,31 @@ pub fn run_args(engine: Engine, ws: &Path, argv: &[&OsStr]) -> Vec<OsString> {
     a
 }
 
+/// Replaces the value that follows `flag` in `args` (say `--memory`).
+pub fn set_option(args: &mut [OsString], flag: &str, value: &str) {
+    let at = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+    args[at + 1] = value.into();
+}
+
+/// Runs `sh -c script` in a guest on `engine` with `ws` as the workspace
+/// and [`run_args`]' options changed by `options` (flag, value); asserts
+/// it exits 0, prints and returns its stdout.
+pub fn run_sh(engine: Engine, ws: &Path, script: &str, options: &[(&str, &str)]) -> String {
+    let argv = [OsStr::new("sh"), OsStr::new("-c"), OsStr::new(script)];
+    let mut args = run_args(engine, ws, &argv);
+    for (flag, value) in options {
+        set_option(&mut args, flag, value);
+    }
+    let o = Hutch::new(args).output(None);
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    let out = o.stdout_str();
+    eprintln!("{out}");
+    out
+}
+
 /// Runs `argv` in a guest on `engine` with `ws` as the workspace.
 pub fn run(engine: Engine, ws: &Path, argv: &[&str], stdin: Option<&[u8]>) -> Output {
     let argv: Vec<&OsStr> = argv.iter().map(OsStr::new).collect();
