@@ -128,7 +128,7 @@ echo appended >> g"
 
 /// How long a write to a file the guest keeps open may take to reach the
 /// host: the guest writes back pages dirty for 1 s, looking every 1 s
-/// (`sysctl.vm.dirty_*_centisecs=100` on its command line), plus slack.
+/// (`vm.dirty_*_centisecs` set to 100 by guest init), plus slack.
 const WRITEBACK_BOUND_MS: u64 = 4_000;
 
 per_engine!(

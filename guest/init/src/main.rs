@@ -59,6 +59,9 @@ fn boot() -> i32 {
         console::say("selftest: init running");
         return 0;
     }
+    if let Err(e) = host::set_writeback_intervals() {
+        console::say(&format!("warning: {e}"));
+    }
     run(!rootfs::read_only_requested(&cmdline))
 }
 
