@@ -98,6 +98,12 @@ pub const RECIPE: &[(&str, &str)] = &[
             "../../../guest/kernel/patches/0015-x86-fpu-no-fwait-when-a-kernel-thread-exits.patch"
         ),
     ),
+    (
+        "patches/0016-x86-mm-no-poison-on-freed-init-memory.patch",
+        include_str!(
+            "../../../guest/kernel/patches/0016-x86-mm-no-poison-on-freed-init-memory.patch"
+        ),
+    ),
 ];
 /// The arm64 recipe files, as (relative path, content).
 pub const RECIPE_ARM64: &[(&str, &str)] = &[
