@@ -293,6 +293,62 @@ per_engine!(
 );
 
 #[test]
+fn qemu_maps_guest_memory_from_hutchs_memfd() {
+    // hutch makes the guest-memory memfd (so that it can allocate its tail
+    // ahead of the guest, engine/guest_ram.rs) and QEMU maps it through
+    // /proc/self/fd/N: the descriptor there is hutch's memfd, of the
+    // guest's size.
+    hutch_e2e::on_engine(
+        "run::qemu_maps_guest_memory_from_hutchs_memfd",
+        Engine::Qemu,
+        |e| {
+            let ws = hutch_e2e::workspace();
+            let script = "touch ready; while [ ! -e done ]; do sleep 0.05; done";
+            let (h, mut child) = hutch_e2e::start_until_ready(e, ws.path(), script);
+            let runtime = h.runtime.path().to_string_lossy().to_string();
+            let qemu = hutch_e2e::processes_mentioning(&runtime)
+                .into_iter()
+                .find(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("memory-backend"))
+                });
+            let found = qemu.and_then(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                let fd = cmdline
+                    .split("mem-path=/proc/self/fd/")
+                    .nth(1)?
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .to_string();
+                let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+                let size = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+                    .ok()?
+                    .len();
+                Some((cmdline, target, size))
+            });
+            std::fs::write(ws.path().join("done"), "").unwrap();
+            let (code, out, err) = hutch_e2e::collect(&mut child);
+            assert_eq!(code, Some(0), "{out}\n{err}");
+            let (cmdline, target, size) =
+                found.unwrap_or_else(|| panic!("no QEMU mapping a memfd of hutch's ({qemu:?})"));
+            assert!(
+                target
+                    .to_string_lossy()
+                    .starts_with("/memfd:hutch-guest-ram"),
+                "{target:?} in {cmdline}"
+            );
+            assert_eq!(size, 512 << 20, "the guest's memory, run_args' 512M");
+            assert!(
+                cmdline.contains("memory-backend-file,id=mem,size=512M,"),
+                "{cmdline}"
+            );
+            hutch_e2e::assert_no_leftovers(h.runtime.path());
+        },
+    );
+}
+
+#[test]
 fn secondary_vcpus_take_the_preset_delay_loop() {
     // The qemu engine passes lpj= (TSC cycles per tick, from the host's TSC
     // and the kernel's CONFIG_HZ). Without it each secondary vCPU of the TCG
