@@ -19,7 +19,8 @@ use super::EngineError;
 /// The memfd's name (it shows in `/proc/PID/fd` as `/memfd:hutch-guest-ram`).
 const NAME: &CStr = c"hutch-guest-ram";
 
-/// Bytes of `struct page` per byte of guest memory.
+/// Bytes of guest memory per byte of its `struct page` array (a 64-byte
+/// struct for each 4 KiB page).
 const MEMMAP_RATIO: u64 = 4096 / 64;
 
 /// Guest memory backed by a memfd of hutch's.
