@@ -297,7 +297,8 @@ fn qemu_maps_guest_memory_from_hutchs_memfd() {
     // hutch makes the guest-memory memfd (so that it can allocate its tail
     // ahead of the guest, engine/guest_ram.rs) and QEMU maps it through
     // /proc/self/fd/N: the descriptor there is hutch's memfd, of the
-    // guest's size.
+    // guest's size. A helper of hutch's, `hutch-ram-free`, holds a copy
+    // (so the pages are freed after hutch returns) and ends with hutch.
     hutch_e2e::on_engine(
         "run::qemu_maps_guest_memory_from_hutchs_memfd",
         Engine::Qemu,
@@ -327,9 +328,19 @@ fn qemu_maps_guest_memory_from_hutchs_memfd() {
                     .len();
                 Some((cmdline, target, size))
             });
+            let helper = ram_helper_of(child.id());
             std::fs::write(ws.path().join("done"), "").unwrap();
             let (code, out, err) = hutch_e2e::collect(&mut child);
             assert_eq!(code, Some(0), "{out}\n{err}");
+            let helper = helper.unwrap_or_else(|| panic!("no hutch-ram-free holding the memfd"));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while running(helper) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "hutch-ram-free {helper} outlived hutch by 10 s"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             let (cmdline, target, size) =
                 found.unwrap_or_else(|| panic!("no QEMU mapping a memfd of hutch's ({qemu:?})"));
             assert!(
@@ -346,6 +357,33 @@ fn qemu_maps_guest_memory_from_hutchs_memfd() {
             hutch_e2e::assert_no_leftovers(h.runtime.path());
         },
     );
+}
+
+/// The `hutch-ram-free` child of `hutch` holding the guest-memory memfd.
+fn ram_helper_of(hutch: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (comm, rest) = stat.split_once(") ")?;
+        let ppid: u32 = rest.split(' ').nth(1)?.parse().ok()?;
+        if !comm.ends_with("(hutch-ram-free") || ppid != hutch {
+            return None;
+        }
+        let holds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.any(|f| {
+            f.ok()
+                .and_then(|f| std::fs::read_link(f.path()).ok())
+                .is_some_and(|t| t.to_string_lossy().starts_with("/memfd:hutch-guest-ram"))
+        });
+        holds.then_some(pid)
+    })
+}
+
+/// Whether `pid` is alive (a zombie waiting to be reaped counts as ended).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 #[test]

@@ -63,6 +63,66 @@ impl GuestRam {
         format!("/proc/self/fd/{}", self.raw_fd())
     }
 
+    /// Hands a copy of the memfd to a helper process (`hutch-ram-free`)
+    /// that closes it once hutch has exited (its end of a pipe closes).
+    /// QEMU and the backends then only unmap guest memory when a run ends,
+    /// and the pages, hundreds of MiB with the default memory, are freed in
+    /// the helper after hutch has returned: at 12 GiB, the guest's exit
+    /// status came 21–27 ms before hutch's end instead of 51–62. For a
+    /// process that runs one guest (every hutch process does): the copy
+    /// lives as long as hutch. Without a helper (fork failed) the pages are
+    /// freed as before.
+    pub fn free_after_exit(&self) {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two descriptors into the array it is given.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return;
+        }
+        // SAFETY: both descriptors were just created and are owned here only.
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (keep, rfd) = (self.fd.as_raw_fd(), rd.as_raw_fd());
+        let (lo, hi) = (keep.min(rfd), keep.max(rfd));
+        // SAFETY: the child only makes async-signal-safe calls (close_range,
+        // signal, prctl, read, _exit) on values prepared before the fork,
+        // and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see the fork above; the buffer is a live local.
+            unsafe {
+                // Everything but the memfd and the pipe: no stdout of the
+                // caller's stays open in the helper.
+                if lo > 0 {
+                    libc::syscall(libc::SYS_close_range, 0u32, (lo - 1) as u32, 0u32);
+                }
+                if hi > lo + 1 {
+                    libc::syscall(
+                        libc::SYS_close_range,
+                        (lo + 1) as u32,
+                        (hi - 1) as u32,
+                        0u32,
+                    );
+                }
+                libc::syscall(libc::SYS_close_range, (hi + 1) as u32, u32::MAX, 0u32);
+                for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
+                libc::prctl(libc::PR_SET_NAME, c"hutch-ram-free".as_ptr());
+                let mut b = 0u8;
+                while libc::read(rfd, (&mut b as *mut u8).cast(), 1) != 0 {
+                    if *libc::__errno_location() != libc::EINTR {
+                        break;
+                    }
+                }
+                libc::_exit(0);
+            }
+        }
+        drop(rd);
+        if pid > 0 {
+            // hutch's end stays open until hutch exits.
+            std::mem::forget(wr);
+        }
+    }
+
     /// Allocates the last [`memmap_tail`] bytes on a thread of its own, then
     /// closes hutch's descriptor (QEMU and the backends keep theirs). A
     /// failure (no memory to spare) only loses the head start.

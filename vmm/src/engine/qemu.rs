@@ -317,6 +317,9 @@ pub fn run(mut spec: VmSpec, kvm: bool) -> Result<VmOutcome, EngineError> {
         what: format!("starting {}", qemu.display()),
         source,
     })?;
+    if let Some(ram) = &ram {
+        ram.free_after_exit();
+    }
     let _ram_tail = ram.map(GuestRam::allocate_tail);
     let pid = child.id() as libc::pid_t;
     mark_early("QEMU started");
