@@ -8,6 +8,7 @@ pub mod cli;
 pub mod control;
 pub mod devices;
 pub mod engine;
+pub mod exit_watch;
 pub mod guest_init;
 pub mod hypervisor;
 pub mod kernel;

@@ -73,52 +73,12 @@ impl GuestRam {
     /// lives as long as hutch. Without a helper (fork failed) the pages are
     /// freed as before.
     pub fn free_after_exit(&self) {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: pipe2 writes two descriptors into the array it is given.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return;
-        }
-        // SAFETY: both descriptors were just created and are owned here only.
-        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let (keep, rfd) = (self.fd.as_raw_fd(), rd.as_raw_fd());
-        let (lo, hi) = (keep.min(rfd), keep.max(rfd));
-        // SAFETY: the child only makes async-signal-safe calls (close_range,
-        // signal, prctl, read, _exit) on values prepared before the fork,
-        // and never returns.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: see the fork above; the buffer is a live local.
-            unsafe {
-                // Everything but the memfd and the pipe: no stdout of the
-                // caller's stays open in the helper.
-                if lo > 0 {
-                    libc::syscall(libc::SYS_close_range, 0u32, (lo - 1) as u32, 0u32);
-                }
-                if hi > lo + 1 {
-                    libc::syscall(
-                        libc::SYS_close_range,
-                        (lo + 1) as u32,
-                        (hi - 1) as u32,
-                        0u32,
-                    );
-                }
-                libc::syscall(libc::SYS_close_range, (hi + 1) as u32, u32::MAX, 0u32);
-                for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-                    libc::signal(sig, libc::SIG_IGN);
-                }
-                libc::prctl(libc::PR_SET_NAME, c"hutch-ram-free".as_ptr());
-                let mut b = 0u8;
-                while libc::read(rfd, (&mut b as *mut u8).cast(), 1) != 0 {
-                    if *libc::__errno_location() != libc::EINTR {
-                        break;
-                    }
-                }
-                libc::_exit(0);
-            }
-        }
-        drop(rd);
-        if pid > 0 {
-            // hutch's end stays open until hutch exits.
+        let fd = self.fd.as_raw_fd();
+        if let Some((wr, _pid)) =
+            crate::exit_watch::fork_until_exit(c"hutch-ram-free", Some(fd), |_| {})
+        {
+            // hutch's end stays open until hutch exits; the child, reparented
+            // by then, is reaped by init.
             std::mem::forget(wr);
         }
     }

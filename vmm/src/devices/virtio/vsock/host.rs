@@ -165,54 +165,25 @@ impl Drop for SocketGuard {
     }
 }
 
-/// Forks the reaper child; returns the pipe's write end (hutch keeps it open).
+/// Forks the reaper child (exit_watch.rs); returns the pipe's write end
+/// (hutch keeps it open).
 fn spawn_reaper(path: &Path, ino: (u64, u64)) -> Option<OwnedFd> {
     let cpath = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two fds into the array it is given.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return None;
-    }
-    // SAFETY: both fds were just created and are owned here only.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let rfd = rd.as_raw_fd();
-    // SAFETY: the child only makes async-signal-safe calls (close_range,
-    // sigaction via signal, prctl, read, stat, unlink, _exit) on data
-    // prepared before the fork, and never returns.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: see the fork above; all pointers are to live locals.
+    let (wr, pid) = crate::exit_watch::fork_until_exit(c"hutch-vsock-gc", None, |clean| {
+        if clean {
+            // hutch's drop removed the file itself.
+            return;
+        }
+        // SAFETY: stat and unlink are async-signal-safe; `cpath` and `st`
+        // are live locals.
         unsafe {
-            libc::syscall(libc::SYS_close_range, 3u32, (rfd - 1) as u32, 0u32);
-            libc::syscall(libc::SYS_close_range, (rfd + 1) as u32, u32::MAX, 0u32);
-            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-                libc::signal(sig, libc::SIG_IGN);
-            }
-            libc::prctl(libc::PR_SET_NAME, c"hutch-vsock-gc".as_ptr());
-            let mut b = 0u8;
-            let r = loop {
-                let r = libc::read(rfd, (&mut b as *mut u8).cast(), 1);
-                if r < 0 && *libc::__errno_location() == libc::EINTR {
-                    continue;
-                }
-                break r;
-            };
-            if r == 1 {
-                // hutch's drop removed the file itself.
-                libc::_exit(0);
-            }
             let mut st: libc::stat = std::mem::zeroed();
             if libc::stat(cpath.as_ptr(), &mut st) == 0 && (st.st_dev, st.st_ino) == (ino.0, ino.1)
             {
                 libc::unlink(cpath.as_ptr());
             }
-            libc::_exit(0);
         }
-    }
-    if pid < 0 {
-        return None;
-    }
-    drop(rd);
+    })?;
     reap_later(pid);
     Some(wr)
 }
